@@ -1,0 +1,1 @@
+//! Shared helpers: temporary directories, external tools, fixed times.
