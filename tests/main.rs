@@ -1,4 +1,7 @@
-//! The cross-crate integration tests, one binary: each module exercises generated material
-//! or a job against an independent, real peer started by the test itself.
+//! The cross-crate integration tests, one binary: each module checks generated material or a
+//! job against an independent, real peer that the test starts or runs itself.
+// Test code: a failed unwrap is a failed test, with the panic message as the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod pki_interop;
 mod support;

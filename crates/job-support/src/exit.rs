@@ -1,0 +1,79 @@
+//! Exit codes, the same for every job, so a CronJob's failure reason shows in `kubectl get
+//! pods` without reading logs: each failure class has its own code.
+
+use std::process::ExitCode;
+
+use crate::config::ConfigError;
+use crate::store::StoreError;
+
+/// Why a job failed, as an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// 1: a failure with no better class (a bug, an I/O error outside the store).
+    Other = 1,
+    /// 2: a configuration variable is missing or invalid.
+    Config = 2,
+    /// 3: Vault refused the login (wrong role, token not accepted).
+    Auth = 3,
+    /// 4: Vault (or the state directory) could not be reached, after retries.
+    Unreachable = 4,
+    /// 5: existing state is invalid; nothing was written.
+    InvalidState = 5,
+    /// 6: logged in, but the policy refuses a read or write.
+    Denied = 6,
+}
+
+impl Failure {
+    /// Exit code documentation for `--help` and the README.
+    pub const TABLE: &'static str = "\
+EXIT CODES:
+    0  done, or nothing to do
+    1  unexpected failure
+    2  configuration error (a variable is missing or invalid)
+    3  Vault login refused (role, token or auth mount)
+    4  Vault or the state directory unreachable (after bounded retries)
+    5  existing state is invalid (nothing was written)
+    6  Vault policy refuses a read or write";
+
+    /// The class of an error chain: the first error in it that has a class.
+    #[must_use]
+    pub fn of(error: &anyhow::Error) -> Self {
+        for cause in error.chain() {
+            if let Some(e) = cause.downcast_ref::<StoreError>() {
+                return e.failure();
+            }
+            if cause.downcast_ref::<ConfigError>().is_some() {
+                return Self::Config;
+            }
+            if cause.downcast_ref::<InvalidState>().is_some() {
+                return Self::InvalidState;
+            }
+        }
+        Self::Other
+    }
+}
+
+impl From<Failure> for ExitCode {
+    fn from(failure: Failure) -> Self {
+        ExitCode::from(failure as u8)
+    }
+}
+
+/// Stored state that exists but fails verification. The job writes nothing and exits 5.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid state at '{path}': {problem}")]
+pub struct InvalidState {
+    /// Mount and path, as `secret/istio/ca`.
+    pub path: String,
+    /// What is wrong, naming the field.
+    pub problem: String,
+}
+
+/// Prints the error chain once, logs it, and maps it to the exit code.
+#[must_use]
+pub fn report(error: &anyhow::Error) -> ExitCode {
+    let failure = Failure::of(error);
+    tracing::error!(exit_code = failure as u8, "{error:#}");
+    failure.into()
+}

@@ -1,0 +1,14 @@
+//! The I/O every job shares, in one place: the state store (Vault/OpenBao KV v2, or a local
+//! directory with the same check-and-set semantics) and its configuration, logging set-up,
+//! and exit codes. Certificate logic lives in `pki-core`; each job's decisions in its crate.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod exit;
+pub mod logging;
+pub mod store;
+
+pub use config::{AnyStore, ConfigError, StoreConfig, StoreLocation};
+pub use exit::{Failure, InvalidState};
+pub use store::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome};

@@ -1,0 +1,271 @@
+//! A directory that behaves like a KV v2 mount, so the jobs run without a Vault: each version
+//! of an entry is its own file (`<dir>/<mount>/<path>/.v<N>.json`, mode 0600), made visible
+//! with a hard link that fails if the version exists. Two processes racing to write version N
+//! therefore behave like two Vault clients racing with `cas = N-1`: exactly one wins.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
+
+/// A KV v2 look-alike rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    mount: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionFile {
+    data: std::collections::BTreeMap<String, String>,
+    created_time: String,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalStore {
+    /// A store for `mount` under `root`; nothing is created until the first write.
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>, mount: impl Into<String>) -> Self {
+        Self {
+            root: root.into(),
+            mount: mount.into(),
+        }
+    }
+
+    fn entry_dir(&self, path: &str, operation: &'static str) -> Result<PathBuf, StoreError> {
+        let malformed = |detail: String| StoreError::Malformed {
+            operation,
+            path: self.label(path),
+            detail,
+        };
+        check_path(path).map_err(malformed)?;
+        if path.split('/').any(|s| s.starts_with('.')) {
+            return Err(malformed(format!(
+                "'{path}' has a segment starting with '.', which the local store reserves"
+            )));
+        }
+        Ok(self.root.join(&self.mount).join(path))
+    }
+
+    fn label(&self, path: &str) -> String {
+        format!("{}/{path}", self.mount)
+    }
+
+    fn io_error(
+        &self,
+        operation: &'static str,
+        path: &str,
+        file: &Path,
+        e: &std::io::Error,
+    ) -> StoreError {
+        StoreError::Unavailable {
+            operation,
+            path: self.label(path),
+            detail: format!("{}: {e}", file.display()),
+        }
+    }
+
+    fn latest_version(
+        &self,
+        dir: &Path,
+        path: &str,
+        operation: &'static str,
+    ) -> Result<u64, StoreError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io_error(operation, path, dir, &e)),
+        };
+        let mut latest = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error(operation, path, dir, &e))?;
+            let name = entry.file_name();
+            let version = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".v"))
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(version) = version {
+                latest = latest.max(version);
+            }
+        }
+        Ok(latest)
+    }
+}
+
+fn version_file(dir: &Path, version: u64) -> PathBuf {
+    dir.join(format!(".v{version}.json"))
+}
+
+impl SecretStore for LocalStore {
+    fn describe(&self) -> String {
+        format!(
+            "local directory {} mount {}",
+            self.root.display(),
+            self.mount
+        )
+    }
+
+    async fn read(&self, path: &str) -> Result<Option<KvEntry>, StoreError> {
+        let dir = self.entry_dir(path, "read")?;
+        let version = self.latest_version(&dir, path, "read")?;
+        if version == 0 {
+            return Ok(None);
+        }
+        let file = version_file(&dir, version);
+        let text = fs::read_to_string(&file).map_err(|e| self.io_error("read", path, &file, &e))?;
+        let parsed: VersionFile =
+            serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
+                operation: "read",
+                path: self.label(path),
+                detail: format!("{} is not a KV entry: {e}", file.display()),
+            })?;
+        Ok(Some(KvEntry {
+            data: parsed.data.into_iter().collect(),
+            version,
+        }))
+    }
+
+    async fn write(
+        &self,
+        path: &str,
+        data: &SecretData,
+        cas: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let dir = self.entry_dir(path, "write")?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.io_error("write", path, &dir, &e))?;
+        if self.latest_version(&dir, path, "write")? != cas {
+            return Ok(WriteOutcome::Conflict);
+        }
+        let created_time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let body = serde_json::to_vec_pretty(&VersionFile {
+            data: data.as_map().clone(),
+            created_time,
+        })
+        .map_err(|e| StoreError::Malformed {
+            operation: "write",
+            path: self.label(path),
+            detail: e.to_string(),
+        })?;
+        let temp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(&body)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(self.io_error("write", path, &temp, &e));
+        }
+        let target = version_file(&dir, cas + 1);
+        // link(2) refuses an existing target: the atomic create-only step.
+        let linked = fs::hard_link(&temp, &target);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => Ok(WriteOutcome::Written { version: cas + 1 }),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(WriteOutcome::Conflict),
+            Err(e) => Err(self.io_error("write", path, &target, &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn data(value: &str) -> SecretData {
+        let mut d = SecretData::new();
+        d.insert("field", value);
+        d
+    }
+
+    #[tokio::test]
+    async fn create_only_then_check_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        assert_eq!(store.read("istio/ca").await.unwrap(), None);
+        assert_eq!(
+            store.write("istio/ca", &data("a"), 0).await.unwrap(),
+            WriteOutcome::Written { version: 1 }
+        );
+        assert_eq!(
+            store.write("istio/ca", &data("b"), 0).await.unwrap(),
+            WriteOutcome::Conflict
+        );
+        assert_eq!(
+            store.write("istio/ca", &data("b"), 2).await.unwrap(),
+            WriteOutcome::Conflict
+        );
+        assert_eq!(
+            store.write("istio/ca", &data("b"), 1).await.unwrap(),
+            WriteOutcome::Written { version: 2 }
+        );
+        let entry = store.read("istio/ca").await.unwrap().unwrap();
+        assert_eq!((entry.version, entry.data.get("field")), (2, Some("b")));
+        let file = dir.path().join("secret/istio/ca/.v2.json");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(dir.path().join("secret/istio"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creates_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let store = LocalStore::new(dir.path(), "secret");
+            tasks.push(tokio::spawn(async move {
+                store.write("race", &data(&i.to_string()), 0).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for task in tasks {
+            if matches!(task.await.unwrap(), WriteOutcome::Written { .. }) {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    }
+
+    #[tokio::test]
+    async fn reserved_and_escaping_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        let err = store.read("../etc").await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "read 'secret/../etc' failed: '../etc' has an empty, '.' or '..' segment; use a relative path like 'istio/ca'"
+        );
+        assert!(store.write(".hidden/x", &data("a"), 0).await.is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! The secret store every job reads and writes: KV v2 semantics (versioned entries of string
+//! fields, create-only and check-and-set writes), behind one small trait with two
+//! implementations: Vault/OpenBao, and a local directory for running without a Vault.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use zeroize::Zeroize;
+
+use crate::exit::Failure;
+
+pub mod local;
+pub mod vault;
+
+/// The string fields of one KV entry. Values may be private keys: `Debug` shows field names
+/// only, and the values are wiped on drop.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(BTreeMap<String, String>);
+
+impl SecretData {
+    /// An empty entry.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `field` to `value`.
+    pub fn insert(&mut self, field: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(field.into(), value.into());
+    }
+
+    /// The value of `field`, if present.
+    #[must_use]
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0.get(field).map(String::as_str)
+    }
+
+    /// Field names and values, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Field names, sorted.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Whether the entry has no fields.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+impl FromIterator<(String, String)> for SecretData {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Drop for SecretData {
+    fn drop(&mut self) {
+        for value in self.0.values_mut() {
+            value.zeroize();
+        }
+    }
+}
+
+/// One version of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The fields.
+    pub data: SecretData,
+    /// Its KV version (from 1), the `cas` value an update must name.
+    pub version: u64,
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written; the new version.
+    Written {
+        /// The version just created.
+        version: u64,
+    },
+    /// Not written: the entry was not at the expected version (for create-only: it exists).
+    /// Someone else wrote first; re-read and adopt what they wrote.
+    Conflict,
+}
+
+/// A failure of the store, classified for the exit code and the retry decision.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached (connection refused, timeout, 5xx), after retries.
+    #[error("{operation} '{path}' failed: {detail}")]
+    Unavailable {
+        /// `read`, `write`, `log in to`.
+        operation: &'static str,
+        /// Mount and path, as `secret/istio/ca`.
+        path: String,
+        /// What happened on the last attempt.
+        detail: String,
+    },
+    /// The store refused the credentials (login) or the policy refused the operation.
+    #[error("{operation} '{path}' was refused: {detail}")]
+    Denied {
+        /// `read`, `write`, `log in to`.
+        operation: &'static str,
+        /// Mount and path.
+        path: String,
+        /// The store's own explanation (Vault's `errors` array).
+        detail: String,
+        /// Whether this was a login (authentication) rather than a policy refusal.
+        login: bool,
+    },
+    /// The store answered with something that is not a KV v2 entry of string fields.
+    #[error("{operation} '{path}' failed: {detail}")]
+    Malformed {
+        /// `read`, `write`.
+        operation: &'static str,
+        /// Mount and path.
+        path: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// The exit code class of this failure.
+    #[must_use]
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Unavailable { .. } => Failure::Unreachable,
+            Self::Denied { login: true, .. } => Failure::Auth,
+            Self::Denied { login: false, .. } => Failure::Denied,
+            Self::Malformed { .. } => Failure::InvalidState,
+        }
+    }
+}
+
+/// KV v2 operations on one mount. Paths are relative to the mount (`istio/ca`).
+#[allow(async_fn_in_trait)] // Used with concrete types only; no Send bound is needed.
+pub trait SecretStore {
+    /// Where the store lives, for log lines (`vault https://vault:8200 mount secret`).
+    fn describe(&self) -> String;
+
+    /// The current version of `path`, or `None` when it does not exist (or its latest
+    /// version is deleted).
+    async fn read(&self, path: &str) -> Result<Option<KvEntry>, StoreError>;
+
+    /// Writes `data` as the next version of `path` if its current version is `cas`
+    /// (0: only if it does not exist yet).
+    async fn write(
+        &self,
+        path: &str,
+        data: &SecretData,
+        cas: u64,
+    ) -> Result<WriteOutcome, StoreError>;
+}
+
+/// Rejects paths that could escape the mount or the state directory.
+pub(crate) fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("the path is empty".into());
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!(
+                "'{path}' has an empty, '.' or '..' segment; use a relative path like 'istio/ca'"
+            ));
+        }
+        if segment.chars().any(|c| c.is_control() || c == '\\') {
+            return Err(format!("'{path}' holds a control character or backslash"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_field_names_only() {
+        let mut data = SecretData::new();
+        data.insert("root-key.pem", "-----BEGIN PRIVATE KEY-----secret");
+        assert_eq!(format!("{data:?}"), "{\"root-key.pem\"}");
+    }
+
+    #[test]
+    fn paths_cannot_escape() {
+        assert!(check_path("istio/ca").is_ok());
+        for bad in ["", "/istio", "istio/", "../x", "a/./b", "a//b", "a\\b"] {
+            assert!(check_path(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

