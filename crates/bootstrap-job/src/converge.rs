@@ -1,0 +1,353 @@
+//! The bootstrap decision: read the stored root and every cluster bundle, verify all of it,
+//! and only then write what is missing or due, each write conditional (create-only, or
+//! check-and-set on the version read). A run that loses a race adopts the winner's state; a
+//! run that died halfway is finished by the next. Invalid state stops the run before any write.
+
+use anyhow::{Context, Result};
+use job_support::{InvalidState, KvEntry, SecretData, SecretStore, WriteOutcome};
+use pki_core::istio::{
+    self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, IstioCaParams, ROOT_CERT, ROOT_KEY,
+};
+use pki_core::time::OffsetDateTime;
+use pki_core::time::format_description::well_known::Rfc3339;
+use pki_core::{CaCredential, Certificate, RenewalPolicy, renewal_due};
+use tracing::info;
+
+/// Where the state lives and what it should look like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// KV mount, for messages.
+    pub mount: String,
+    /// Path of the root entry (`istio/ca`).
+    pub root_path: String,
+    /// Prefix of the cluster entries (`istio/clusters`).
+    pub clusters_path: String,
+    /// Cluster names, each with its intermediate.
+    pub clusters: Vec<String>,
+    /// Key type, names and validity of new certificates.
+    pub ca: IstioCaParams,
+    /// When an intermediate is re-issued.
+    pub renewal: RenewalPolicy,
+}
+
+impl Plan {
+    fn cluster_path(&self, cluster: &str) -> String {
+        format!("{}/{cluster}", self.clusters_path)
+    }
+
+    fn label(&self, path: &str) -> String {
+        format!("{}/{path}", self.mount)
+    }
+}
+
+/// What happened to one cluster's bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterAction {
+    /// Present, valid, not due: left alone.
+    Kept,
+    /// Missing: issued from the root.
+    Issued,
+    /// Due for renewal: re-issued.
+    Renewed,
+    /// Written by a concurrent run while this one was deciding; verified and adopted.
+    Adopted,
+}
+
+/// The result of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOutcome {
+    /// Cluster name.
+    pub cluster: String,
+    /// What was done.
+    pub action: ClusterAction,
+    /// Intermediate fingerprint.
+    pub fingerprint: String,
+    /// Days until the intermediate expires.
+    pub days_left: i64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Root fingerprint (SHA-256).
+    pub root_fingerprint: String,
+    /// Days until the root expires.
+    pub root_days_left: i64,
+    /// Whether this run created the root.
+    pub root_created: bool,
+    /// Per cluster, in configuration order.
+    pub clusters: Vec<ClusterOutcome>,
+}
+
+impl Outcome {
+    /// Number of entries this run wrote.
+    #[must_use]
+    pub fn writes(&self) -> usize {
+        usize::from(self.root_created)
+            + self
+                .clusters
+                .iter()
+                .filter(|c| matches!(c.action, ClusterAction::Issued | ClusterAction::Renewed))
+                .count()
+    }
+}
+
+/// What is stored for one cluster, after verification.
+enum ClusterState {
+    Missing,
+    Valid {
+        version: u64,
+        certificate: Certificate,
+    },
+}
+
+/// Brings the store to the planned state at `now`.
+pub async fn converge(
+    store: &impl SecretStore,
+    plan: &Plan,
+    now: OffsetDateTime,
+) -> Result<Outcome> {
+    let root_label = plan.label(&plan.root_path);
+    let mut root_entry = store.read(&plan.root_path).await?;
+    let mut stored = read_clusters(store, plan).await?;
+
+    let mut root_created = false;
+    let root = if let Some(entry) = &root_entry {
+        verify_root(entry, &root_label, now)?
+    } else {
+        if let Some((cluster, _)) = stored.iter().find(|(_, e)| e.is_some()) {
+            return Err(InvalidState {
+                path: root_label,
+                problem: format!(
+                    "the root is missing but '{}' exists; a bundle without its root cannot be \
+                     trusted or re-issued (restore the root, or remove the cluster bundles)",
+                    plan.label(&plan.cluster_path(cluster))
+                ),
+            }
+            .into());
+        }
+        let root = istio::generate_istio_root(&plan.ca, now)
+            .context("failed to generate the Istio root CA")?;
+        match store
+            .write(&plan.root_path, &root_data(&root, now), 0)
+            .await?
+        {
+            WriteOutcome::Written { version } => {
+                info!(path = %root_label, version, fingerprint = %root.certificate.info().fingerprint_sha256, "created the Istio root CA");
+                root_created = true;
+                root
+            }
+            WriteOutcome::Conflict => {
+                // A concurrent run created the root first: use theirs, and whatever cluster
+                // bundles they have written since.
+                root_entry = store.read(&plan.root_path).await?;
+                let entry = root_entry.as_ref().ok_or_else(|| InvalidState {
+                    path: root_label.clone(),
+                    problem:
+                        "a create-only write conflicted, yet the entry reads as absent; its latest \
+                              version is probably deleted (undelete or destroy it)"
+                            .into(),
+                })?;
+                info!(path = %root_label, "another run created the root first; adopting it");
+                stored = read_clusters(store, plan).await?;
+                verify_root(entry, &root_label, now)?
+            }
+        }
+    };
+
+    let mut states = Vec::with_capacity(plan.clusters.len());
+    let mut problems = Vec::new();
+    for (cluster, entry) in &stored {
+        let label = plan.label(&plan.cluster_path(cluster));
+        match entry {
+            None => states.push(ClusterState::Missing),
+            Some(entry) => match verify_cluster(entry, &root, now) {
+                Ok(certificate) => states.push(ClusterState::Valid {
+                    version: entry.version,
+                    certificate,
+                }),
+                Err(problem) => problems.push(format!("'{label}': {problem}")),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        return Err(InvalidState {
+            path: plan.label(&plan.clusters_path),
+            problem: problems.join("; "),
+        }
+        .into());
+    }
+
+    let mut clusters = Vec::with_capacity(plan.clusters.len());
+    for (cluster, state) in plan.clusters.iter().zip(states) {
+        let outcome = converge_cluster(store, plan, &root, cluster, state, now).await?;
+        clusters.push(outcome);
+    }
+    Ok(Outcome {
+        root_fingerprint: root.certificate.info().fingerprint_sha256.clone(),
+        root_days_left: root.certificate.info().days_left(now),
+        root_created,
+        clusters,
+    })
+}
+
+async fn read_clusters(
+    store: &impl SecretStore,
+    plan: &Plan,
+) -> Result<Vec<(String, Option<KvEntry>)>> {
+    let mut entries = Vec::with_capacity(plan.clusters.len());
+    for cluster in &plan.clusters {
+        entries.push((
+            cluster.clone(),
+            store.read(&plan.cluster_path(cluster)).await?,
+        ));
+    }
+    Ok(entries)
+}
+
+async fn converge_cluster(
+    store: &impl SecretStore,
+    plan: &Plan,
+    root: &CaCredential,
+    cluster: &str,
+    state: ClusterState,
+    now: OffsetDateTime,
+) -> Result<ClusterOutcome> {
+    let path = plan.cluster_path(cluster);
+    let label = plan.label(&path);
+    let (cas, action) = match state {
+        ClusterState::Valid {
+            version,
+            certificate,
+        } => {
+            let info = certificate.info();
+            if !renewal_due(now, info.not_before, info.not_after, &plan.renewal) {
+                return Ok(ClusterOutcome {
+                    cluster: cluster.to_owned(),
+                    action: ClusterAction::Kept,
+                    fingerprint: info.fingerprint_sha256.clone(),
+                    days_left: info.days_left(now),
+                });
+            }
+            (version, ClusterAction::Renewed)
+        }
+        ClusterState::Missing => (0, ClusterAction::Issued),
+    };
+    let bundle = istio::issue_cluster_bundle(root, cluster, &plan.ca, now)
+        .with_context(|| format!("failed to issue the intermediate CA of cluster '{cluster}'"))?;
+    let certificate = Certificate::from_pem(&bundle.ca_cert, CA_CERT)?;
+    let mut data = SecretData::new();
+    for (name, content) in bundle.files() {
+        data.insert(name, content);
+    }
+    data.insert("created", rfc3339(now));
+    data.insert("not_after", rfc3339(certificate.info().not_after));
+    match store.write(&path, &data, cas).await? {
+        WriteOutcome::Written { version } => {
+            info!(cluster, path = %label, version, fingerprint = %certificate.info().fingerprint_sha256,
+                  not_after = %rfc3339(certificate.info().not_after),
+                  action = if cas == 0 { "issued" } else { "renewed" }, "wrote the cluster intermediate CA");
+            Ok(ClusterOutcome {
+                cluster: cluster.to_owned(),
+                action,
+                fingerprint: certificate.info().fingerprint_sha256.clone(),
+                days_left: certificate.info().days_left(now),
+            })
+        }
+        WriteOutcome::Conflict => {
+            // Someone else wrote this bundle in the meantime: verify theirs and keep it.
+            let entry = store.read(&path).await?.ok_or_else(|| InvalidState {
+                path: label.clone(),
+                problem:
+                    "a conditional write conflicted, yet the entry reads as absent; its latest \
+                          version is probably deleted"
+                        .into(),
+            })?;
+            let theirs = verify_cluster(&entry, root, now).map_err(|problem| InvalidState {
+                path: label.clone(),
+                problem,
+            })?;
+            info!(cluster, path = %label, "another run wrote this bundle first; adopting it");
+            Ok(ClusterOutcome {
+                cluster: cluster.to_owned(),
+                action: ClusterAction::Adopted,
+                fingerprint: theirs.info().fingerprint_sha256.clone(),
+                days_left: theirs.info().days_left(now),
+            })
+        }
+    }
+}
+
+fn root_data(root: &CaCredential, now: OffsetDateTime) -> SecretData {
+    let mut data = SecretData::new();
+    data.insert(ROOT_CERT, root.certificate.to_pem());
+    data.insert(ROOT_KEY, root.key_pem().expose());
+    data.insert("created", rfc3339(now));
+    data.insert(
+        "fingerprint",
+        root.certificate.info().fingerprint_sha256.clone(),
+    );
+    data
+}
+
+fn field<'a>(entry: &'a KvEntry, name: &str) -> Result<&'a str, String> {
+    entry.data.get(name).ok_or_else(|| {
+        let present: Vec<_> = entry.data.fields().collect();
+        format!(
+            "missing field '{name}' (fields present: {})",
+            present.join(", ")
+        )
+    })
+}
+
+fn verify_root(entry: &KvEntry, label: &str, now: OffsetDateTime) -> Result<CaCredential> {
+    let invalid = |problem: String| InvalidState {
+        path: label.to_owned(),
+        problem,
+    };
+    let cert = field(entry, ROOT_CERT).map_err(invalid)?;
+    let key = field(entry, ROOT_KEY).map_err(invalid)?;
+    let root = istio::load_istio_root(cert, key, now).map_err(|e| invalid(e.to_string()))?;
+    if let Some(recorded) = entry.data.get("fingerprint") {
+        let actual = &root.certificate.info().fingerprint_sha256;
+        if recorded != actual {
+            return Err(invalid(format!(
+                "field 'fingerprint' says {recorded}, but root-cert.pem's fingerprint is {actual}"
+            ))
+            .into());
+        }
+    }
+    Ok(root)
+}
+
+/// Verifies a stored bundle against the stored root. An intermediate past its validity is
+/// structurally checked at its last valid instant, so that it is renewed rather than refused.
+fn verify_cluster(
+    entry: &KvEntry,
+    root: &CaCredential,
+    now: OffsetDateTime,
+) -> Result<Certificate, String> {
+    let files = IstioBundleFiles {
+        ca_cert: field(entry, CA_CERT)?,
+        ca_key: field(entry, CA_KEY)?,
+        root_cert: field(entry, ROOT_CERT)?,
+        cert_chain: field(entry, CERT_CHAIN)?,
+    };
+    let certificate = Certificate::from_pem(files.ca_cert, CA_CERT).map_err(|e| e.to_string())?;
+    let at = now.clamp(certificate.info().not_before, certificate.info().not_after);
+    istio::verify_istio_bundle(files, at).map_err(|e| e.to_string())?;
+    let bundle_root =
+        Certificate::from_pem(files.root_cert, ROOT_CERT).map_err(|e| e.to_string())?;
+    if bundle_root.der() != root.certificate.der() {
+        return Err(format!(
+            "root-cert.pem (fingerprint {}) is not the stored root (fingerprint {})",
+            bundle_root.info().fingerprint_sha256,
+            root.certificate.info().fingerprint_sha256
+        ));
+    }
+    Ok(certificate)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
