@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 ./scripts/install-test-peers.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The integration tests run the job binaries as a Pod would.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

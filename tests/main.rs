@@ -3,5 +3,6 @@
 // Test code: a failed unwrap is a failed test, with the panic message as the report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bootstrap;
 mod pki_interop;
 mod support;

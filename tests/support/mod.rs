@@ -1,5 +1,7 @@
-//! Shared helpers: scratch directories and the independent command-line tools the tests
-//! check our output with. A missing tool fails the test with the command that installs it,
-//! rather than skipping: a skipped interop test proves nothing.
+//! Shared helpers: scratch directories, the independent command-line tools the tests check our
+//! output with, real OpenBao servers, and the job binaries. A missing tool fails the test with
+//! the command that installs it, rather than skipping: a skipped interop test proves nothing.
 
+pub mod jobs;
+pub mod openbao;
 pub mod tools;

@@ -35,7 +35,7 @@ pub struct Ran {
 }
 
 impl Ran {
-    fn from(output: Output) -> Self {
+    fn from(output: &Output) -> Self {
         Self {
             success: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -69,7 +69,7 @@ impl Ran {
 #[track_caller]
 pub fn run(program: &str, args: &[&str], dir: &Path) -> Ran {
     match Command::new(program).args(args).current_dir(dir).output() {
-        Ok(output) => Ran::from(output),
+        Ok(output) => Ran::from(&output),
         Err(e) => panic!(
             "cannot run {program}: {e}; install the test peers with ./scripts/test.sh (or `just peers`)"
         ),

@@ -108,8 +108,10 @@ pub async fn converge(
     now: OffsetDateTime,
 ) -> Result<Outcome> {
     let root_label = plan.label(&plan.root_path);
-    let mut root_entry = store.read(&plan.root_path).await?;
+    // Clusters before the root: writers write the root first, so a cluster seen here implies
+    // a root visible to the read below, even while a concurrent run is writing.
     let mut stored = read_clusters(store, plan).await?;
+    let mut root_entry = store.read(&plan.root_path).await?;
 
     let mut root_created = false;
     let root = if let Some(entry) = &root_entry {

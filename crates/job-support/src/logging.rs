@@ -21,7 +21,9 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, filter: Option<&str>) {
     let filter = filter
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        // vaultrs and rustify log every non-2xx answer at ERROR, including the 404 of an entry
+        // that does not exist yet; the jobs report real failures themselves, with context.
+        .unwrap_or_else(|| EnvFilter::new("info,vaultrs=off,rustify=off"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

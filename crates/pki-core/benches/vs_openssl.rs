@@ -16,7 +16,7 @@ use pki_core::{
 };
 
 /// The openssl steps of bootstrap.sh: an EC P-256 root and two intermediates with chains.
-const OPENSSL_BOOTSTRAP: &str = r#"
+const OPENSSL_BOOTSTRAP: &str = r"
 cat > root.cnf <<'CNF'
 [req]
 distinguished_name = dn
@@ -52,7 +52,7 @@ CNF
     -days 730 -extfile $c.cnf -extensions ext -out $c-cert.pem 2>/dev/null
   cat $c-cert.pem root-cert.pem > $c-chain.pem
 done
-"#;
+";
 
 /// The CA creation of issue-clients.sh (run once, outside the timing).
 const OPENSSL_CLIENT_CA: &str = r#"

@@ -1,6 +1,9 @@
 //! Generated material parsed back with x509-parser and verified at fixed times, and every bad
 //! input the verifiers must refuse, each with its exact error.
 
+// Test code: a failed unwrap is a failed test, with the panic message as the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use pki_core::istio::{
     self, IstioBundleFiles, IstioCaParams, issue_cluster_bundle, load_istio_root,
     verify_istio_bundle,

@@ -1,0 +1,472 @@
+//! `bootstrap-job` against a real OpenBao server: creation exactly once, concurrent runs, JWT
+//! login, policy refusals, an unreachable Vault, a run that died halfway, every invalid state
+//! refused without a write, a cluster added later, and secrets kept out of the logs.
+
+use pki_core::time::{Duration, OffsetDateTime};
+use pki_core::{CaParams, KeyAlgorithm, SubjectName, generate_root_ca};
+
+use crate::support::jobs::{JobRun, run_job, spawn_job, wait_job};
+use crate::support::openbao::{OpenBao, TokenIssuer, free_port};
+use crate::support::tools::{Scratch, openssl};
+
+fn as_refs(vars: &[(String, String)]) -> Vec<(&str, &str)> {
+    vars.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+const JOB: &str = "bootstrap-job";
+
+const FULL_POLICY: &str = r#"
+path "secret/data/istio/*" { capabilities = ["create", "read", "update"] }
+"#;
+
+fn server() -> (OpenBao, String) {
+    let bao = OpenBao::start();
+    bao.policy("istio-ca", FULL_POLICY);
+    let token = bao.token(&["istio-ca"]);
+    (bao, token)
+}
+
+fn run(bao: &OpenBao, token: &str, extra: &[(&str, &str)]) -> JobRun {
+    let dir = Scratch::new();
+    let mut vars = vec![
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", token),
+        ("VAULT_MAX_ATTEMPTS", "2"),
+    ];
+    vars.extend_from_slice(extra);
+    run_job(JOB, &vars, dir.path())
+}
+
+fn versions(bao: &OpenBao) -> [u64; 3] {
+    ["istio/ca", "istio/clusters/homelab", "istio/clusters/nas"].map(|p| bao.kv_version(p))
+}
+
+#[track_caller]
+fn assert_exit(run: &JobRun, code: i32) {
+    assert_eq!(run.code, code, "exit code; stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn first_run_creates_and_later_runs_write_nothing() {
+    let (bao, token) = server();
+    let first = run(&bao, &token, &[]);
+    assert_exit(&first, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert!(
+        first.messages().contains(&"istio CA converged".to_owned()),
+        "{}",
+        first.stderr
+    );
+
+    let second = run(&bao, &token, &[]);
+    assert_exit(&second, 0);
+    assert_eq!(versions(&bao), [1, 1, 1], "a second run wrote");
+    assert_eq!(
+        second.messages().last().unwrap(),
+        "istio CA verified; nothing to do"
+    );
+    assert_eq!(second.last_field("writes"), Some(0.into()));
+    assert_eq!(
+        first.last_field("root_fingerprint"),
+        second.last_field("root_fingerprint")
+    );
+
+    // The cluster entry holds exactly the cacerts files plus two dates.
+    let json = bao
+        .cli(&[
+            "kv",
+            "get",
+            "-format=json",
+            "-mount=secret",
+            "istio/clusters/nas",
+        ])
+        .ok()
+        .stdout;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut fields: Vec<_> = json["data"]["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "created",
+            "not_after",
+            "root-cert.pem"
+        ]
+    );
+    let mut root_fields: Vec<_> = {
+        let json = bao
+            .cli(&["kv", "get", "-format=json", "-mount=secret", "istio/ca"])
+            .ok()
+            .stdout;
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        json["data"]["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    root_fields.sort();
+    assert_eq!(
+        root_fields,
+        ["created", "fingerprint", "root-cert.pem", "root-key.pem"]
+    );
+
+    // What an ExternalSecret would copy into istio-system/cacerts passes openssl verify, and
+    // both clusters share the root.
+    for cluster in ["homelab", "nas"] {
+        let dir = Scratch::new();
+        for file in ["ca-cert.pem", "root-cert.pem", "cert-chain.pem"] {
+            dir.write(
+                file,
+                bao.kv_field(&format!("istio/clusters/{cluster}"), file),
+            );
+        }
+        let ran = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                "root-cert.pem",
+                "-untrusted",
+                "cert-chain.pem",
+                "ca-cert.pem",
+            ],
+            dir.path(),
+        )
+        .ok();
+        assert_eq!(ran.stdout.trim(), "ca-cert.pem: OK");
+    }
+    assert_eq!(
+        bao.kv_field("istio/clusters/homelab", "root-cert.pem"),
+        bao.kv_field("istio/ca", "root-cert.pem")
+    );
+}
+
+#[test]
+fn concurrent_runs_make_exactly_one_root() {
+    let (bao, token) = server();
+    let dirs: Vec<Scratch> = (0..8).map(|_| Scratch::new()).collect();
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            spawn_job(
+                JOB,
+                &[("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", &token)],
+                d.path(),
+            )
+        })
+        .collect();
+    let runs: Vec<JobRun> = children.into_iter().map(wait_job).collect();
+    let stored = bao.kv_field("istio/ca", "fingerprint");
+    for run in &runs {
+        assert_exit(run, 0);
+        assert_eq!(
+            run.last_field("root_fingerprint")
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            stored.trim()
+        );
+    }
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.last_field("root_created") == Some(true.into()))
+            .count(),
+        1
+    );
+}
+
+fn jwt_server(dir: &Scratch) -> (OpenBao, TokenIssuer) {
+    let bao = OpenBao::start();
+    bao.policy("istio-ca", FULL_POLICY);
+    let issuer = TokenIssuer::new(dir);
+    let key = dir.write("sa.pub.pem", &issuer.public_key_pem);
+    bao.cli(&["auth", "enable", "jwt"]).ok();
+    bao.cli(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys=@{}", key.display()),
+        &format!("bound_issuer={}", issuer.issuer),
+    ])
+    .ok();
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/istio-ca-bootstrap",
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=vault",
+        "bound_subject=system:serviceaccount:istio-system:istio-ca-bootstrap",
+        "token_policies=istio-ca",
+        "token_ttl=10m",
+    ])
+    .ok();
+    (bao, issuer)
+}
+
+#[test]
+fn jwt_login_accepts_the_bound_service_account_only() {
+    let dir = Scratch::new();
+    let (bao, issuer) = jwt_server(&dir);
+    let good = dir.write(
+        "good.jwt",
+        issuer.token("istio-system", "istio-ca-bootstrap"),
+    );
+    let addr = bao.addr.clone();
+    let vars = |path: &str| -> Vec<(String, String)> {
+        vec![
+            ("VAULT_ADDR".to_owned(), addr.clone()),
+            ("VAULT_AUTH_METHOD".to_owned(), "jwt".to_owned()),
+            ("VAULT_SA_TOKEN_PATH".to_owned(), path.to_owned()),
+        ]
+    };
+    let good_vars = vars(good.to_str().unwrap());
+    let ok = run_job(JOB, &as_refs(&good_vars), dir.path());
+    assert_exit(&ok, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+
+    let other_jwt = issuer.token("default", "someone-else");
+    let other = dir.write("other.jwt", &other_jwt);
+    let other_vars = vars(other.to_str().unwrap());
+    let refused = run_job(JOB, &as_refs(&other_vars), dir.path());
+    assert_exit(&refused, 3);
+    let error = refused.error();
+    assert!(
+        error.starts_with(
+            "log in to 'auth/jwt' was refused: role 'istio-ca-bootstrap': Vault answered 400"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("sub"), "Vault's reason is missing: {error}");
+    for secret in [
+        other_jwt.as_str(),
+        std::fs::read_to_string(&good).unwrap().as_str(),
+    ] {
+        assert!(
+            !refused.stderr.contains(secret) && !ok.stderr.contains(secret),
+            "a JWT reached the log"
+        );
+    }
+}
+
+#[test]
+fn a_policy_without_write_access_writes_nothing() {
+    let bao = OpenBao::start();
+    bao.policy(
+        "read-only",
+        r#"path "secret/data/istio/*" { capabilities = ["read"] }"#,
+    );
+    let token = bao.token(&["read-only"]);
+    let refused = run(&bao, &token, &[]);
+    assert_exit(&refused, 6);
+    let error = refused.error();
+    assert!(
+        error.starts_with("write 'secret/istio/ca' was refused: Vault answered 403: "),
+        "{error}"
+    );
+    assert!(error.contains("permission denied"), "{error}");
+    assert_eq!(versions(&bao), [0, 0, 0]);
+}
+
+#[test]
+fn an_unreachable_vault_fails_after_bounded_retries() {
+    let addr = format!("http://127.0.0.1:{}", free_port());
+    let dir = Scratch::new();
+    let started = std::time::Instant::now();
+    let run = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", &addr),
+            ("VAULT_TOKEN", "t"),
+            ("VAULT_MAX_ATTEMPTS", "3"),
+        ],
+        dir.path(),
+    );
+    assert_exit(&run, 4);
+    let error = run.error();
+    assert!(
+        error.starts_with("read 'secret/istio/clusters/homelab' failed: cannot reach Vault: "),
+        "{error}"
+    );
+    assert!(error.ends_with("(after 3 attempts)"), "{error}");
+    assert_eq!(
+        run.messages()
+            .iter()
+            .filter(|m| m.contains("retrying"))
+            .count(),
+        2
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn a_run_that_died_halfway_is_finished_by_the_next() {
+    let bao = OpenBao::start();
+    // Root writable, cluster bundles not: the run stops after writing the root, as one that
+    // lost Vault between its writes would.
+    bao.policy(
+        "root-only",
+        r#"path "secret/data/istio/ca" { capabilities = ["create", "read", "update"] }
+path "secret/data/istio/clusters/*" { capabilities = ["read"] }"#,
+    );
+    let partial = run(&bao, &bao.token(&["root-only"]), &[]);
+    assert_exit(&partial, 6);
+    assert_eq!(versions(&bao), [1, 0, 0]);
+    let fingerprint = bao.kv_field("istio/ca", "fingerprint");
+
+    bao.policy("istio-ca", FULL_POLICY);
+    let token = bao.token(&["istio-ca"]);
+    let next = run(&bao, &token, &[]);
+    assert_exit(&next, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(
+        bao.kv_field("istio/ca", "fingerprint"),
+        fingerprint,
+        "the root was replaced"
+    );
+}
+
+#[test]
+fn a_cluster_added_later_gets_only_its_own_bundle() {
+    let (bao, token) = server();
+    assert_exit(&run(&bao, &token, &[]), 0);
+    let added = run(&bao, &token, &[("ISTIO_CLUSTERS", "homelab,nas,edge")]);
+    assert_exit(&added, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(bao.kv_version("istio/clusters/edge"), 1);
+    assert_eq!(
+        added.last_field("clusters").unwrap(),
+        "homelab=kept (729d), nas=kept (729d), edge=issued (729d)"
+    );
+}
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    let (bao, token) = server();
+    let runs = [
+        run(&bao, &token, &[("RUST_LOG", "trace")]),
+        run(&bao, &token, &[("RUST_LOG", "trace")]),
+    ];
+    let root_key = bao.kv_field("istio/ca", "root-key.pem");
+    let ca_key = bao.kv_field("istio/clusters/nas", "ca-key.pem");
+    let key_body = |pem: &str| pem.lines().nth(1).unwrap().to_owned();
+    for run in &runs {
+        assert_exit(run, 0);
+        assert!(!run.stderr.contains("PRIVATE KEY"));
+        assert!(
+            !run.stderr.contains(&key_body(&root_key)) && !run.stderr.contains(&key_body(&ca_key))
+        );
+        assert!(
+            !run.stderr.contains(&token),
+            "the Vault token reached the log"
+        );
+    }
+}
+
+/// (path, fields written, expected error prefix)
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+/// Each invalid state: the exact error, exit 5, and the entry left at its version.
+#[test]
+fn invalid_existing_state_is_refused_without_a_write() {
+    let (bao, token) = server();
+    assert_exit(&run(&bao, &token, &[]), 0);
+    let root_cert = bao.kv_field("istio/ca", "root-cert.pem");
+    let root_key = bao.kv_field("istio/ca", "root-key.pem");
+    let nas_key = bao.kv_field("istio/clusters/nas", "ca-key.pem");
+    let other_root = generate_root_ca(
+        &CaParams {
+            subject: SubjectName::new("Istio", "Root CA"),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(10),
+        },
+        OffsetDateTime::now_utc() - Duration::days(20),
+    )
+    .unwrap();
+    let other_cert = other_root.certificate.to_pem();
+    let other_key = other_root.key_pem();
+    let nas_cert = bao.kv_field("istio/clusters/nas", "ca-cert.pem");
+
+    let cases: Vec<Case> = vec![
+        (
+            "istio/ca",
+            vec![("root-cert.pem", &root_cert), ("root-key.pem", &nas_key)],
+            "invalid state at 'secret/istio/ca': root-key.pem does not match root-cert.pem",
+        ),
+        (
+            "istio/ca",
+            vec![("root-cert.pem", "garbage"), ("root-key.pem", &root_key)],
+            "invalid state at 'secret/istio/ca': root-cert.pem holds no CERTIFICATE",
+        ),
+        (
+            "istio/ca",
+            vec![("root-cert.pem", &root_cert)],
+            "invalid state at 'secret/istio/ca': missing field 'root-key.pem' (fields present: root-cert.pem)",
+        ),
+        (
+            "istio/ca",
+            vec![("root-cert.pem", &nas_cert), ("root-key.pem", &nas_key)],
+            "invalid state at 'secret/istio/ca': root-cert.pem is not self-signed",
+        ),
+        (
+            "istio/ca",
+            vec![
+                ("root-cert.pem", &other_cert),
+                ("root-key.pem", other_key.expose()),
+            ],
+            "invalid state at 'secret/istio/ca': root-cert.pem expired on ",
+        ),
+    ];
+    for (path, fields, expected) in cases {
+        bao.kv_put(path, &fields);
+        let before = versions(&bao);
+        let refused = run(&bao, &token, &[]);
+        assert_exit(&refused, 5);
+        assert!(
+            refused.error().starts_with(expected),
+            "expected '{expected}', got '{}'",
+            refused.error()
+        );
+        assert_eq!(versions(&bao), before, "something was written");
+    }
+
+    // A cluster bundle from another root, under a valid stored root.
+    bao.kv_put(
+        "istio/ca",
+        &[("root-cert.pem", &root_cert), ("root-key.pem", &root_key)],
+    );
+    let edge = pki_core::istio::issue_cluster_bundle(
+        &pki_core::istio::generate_istio_root(
+            &pki_core::istio::IstioCaParams::default(),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap(),
+        "nas",
+        &pki_core::istio::IstioCaParams::default(),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let files = edge.files();
+    bao.kv_put("istio/clusters/nas", &files);
+    let before = versions(&bao);
+    let refused = run(&bao, &token, &[]);
+    assert_exit(&refused, 5);
+    let error = refused.error();
+    assert!(
+        error.starts_with("invalid state at 'secret/istio/clusters': 'secret/istio/clusters/nas': root-cert.pem (fingerprint "),
+        "{error}"
+    );
+    assert!(
+        error.contains(") is not the stored root (fingerprint "),
+        "{error}"
+    );
+    assert_eq!(versions(&bao), before);
+}
