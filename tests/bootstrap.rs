@@ -6,7 +6,9 @@ use pki_core::time::{Duration, OffsetDateTime};
 use pki_core::{CaParams, KeyAlgorithm, SubjectName, generate_root_ca};
 
 use crate::support::jobs::{JobRun, run_job, spawn_job, wait_job};
+use crate::support::kube_api::FakeApiServer;
 use crate::support::openbao::{OpenBao, TokenIssuer, free_port};
+use crate::support::proxy::CutProxy;
 use crate::support::tools::{Scratch, openssl};
 
 fn as_refs(vars: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -257,6 +259,79 @@ fn jwt_login_accepts_the_bound_service_account_only() {
     }
 }
 
+/// Vault's Kubernetes auth method asks the cluster's TokenReview API; the fake API server
+/// answers as a real one, authenticating only the tokens it issued.
+#[test]
+fn kubernetes_login_through_token_review() {
+    let dir = Scratch::new();
+    let api = FakeApiServer::start();
+    let issuer = TokenIssuer::new(&dir);
+    let good = issuer.token("istio-system", "istio-ca-bootstrap");
+    api.issue_token(&good, "istio-system", "istio-ca-bootstrap");
+    let stranger = issuer.token("istio-system", "istio-ca-bootstrap");
+
+    let bao = OpenBao::start();
+    bao.policy("istio-ca", FULL_POLICY);
+    bao.cli(&["auth", "enable", "-path=kubernetes-homelab", "kubernetes"])
+        .ok();
+    // The fake API server speaks plain HTTP; Vault insists on a CA all the same.
+    let api_ca = pki_core::istio::generate_istio_root(
+        &pki_core::istio::IstioCaParams::default(),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .certificate
+    .to_pem();
+    let api_ca = dir.write("api-ca.pem", api_ca);
+    bao.cli(&[
+        "write",
+        "auth/kubernetes-homelab/config",
+        &format!("kubernetes_host={}", api.url),
+        &format!("kubernetes_ca_cert=@{}", api_ca.display()),
+        "disable_local_ca_jwt=true",
+    ])
+    .ok();
+    bao.cli(&[
+        "write",
+        "auth/kubernetes-homelab/role/istio-ca-bootstrap",
+        "bound_service_account_names=istio-ca-bootstrap",
+        "bound_service_account_namespaces=istio-system",
+        "token_policies=istio-ca",
+        "token_ttl=10m",
+    ])
+    .ok();
+
+    let login = |token: &str| {
+        let file = dir.write("sa.jwt", token);
+        let vars = [
+            ("VAULT_ADDR".to_owned(), bao.addr.clone()),
+            (
+                "VAULT_AUTH_MOUNT".to_owned(),
+                "kubernetes-homelab".to_owned(),
+            ),
+            ("VAULT_SA_TOKEN_PATH".to_owned(), file.display().to_string()),
+        ];
+        run_job(JOB, &as_refs(&vars), dir.path())
+    };
+    let ok = login(&good);
+    assert_exit(&ok, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert!(
+        api.requests()
+            .contains(&"POST /apis/authentication.k8s.io/v1/tokenreviews".to_owned())
+    );
+
+    // A well-formed token the cluster never issued: TokenReview says no, and so does Vault.
+    let refused = login(&stranger);
+    assert_exit(&refused, 3);
+    let error = refused.error();
+    assert!(error.starts_with("log in to 'auth/kubernetes-homelab' was refused: role 'istio-ca-bootstrap': Vault answered 403"), "{error}");
+    assert!(
+        !refused.stderr.contains(&stranger) && !ok.stderr.contains(&good),
+        "a JWT reached the log"
+    );
+}
+
 #[test]
 fn a_policy_without_write_access_writes_nothing() {
     let bao = OpenBao::start();
@@ -324,6 +399,48 @@ path "secret/data/istio/clusters/*" { capabilities = ["read"] }"#,
 
     bao.policy("istio-ca", FULL_POLICY);
     let token = bao.token(&["istio-ca"]);
+    let next = run(&bao, &token, &[]);
+    assert_exit(&next, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(
+        bao.kv_field("istio/ca", "fingerprint"),
+        fingerprint,
+        "the root was replaced"
+    );
+}
+
+/// Vault goes away right after the root is written (request 4 of the run: three reads, then
+/// the root's create-only write). The run retries, gives up with exit 4; the next run against
+/// a healthy Vault finishes the job with the same root.
+#[test]
+fn vault_stopped_in_the_middle_of_a_run() {
+    let (bao, token) = server();
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 4);
+    let dir = Scratch::new();
+    let cut = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", proxy.addr.as_str()),
+            ("VAULT_TOKEN", &token),
+            ("VAULT_MAX_ATTEMPTS", "3"),
+        ],
+        dir.path(),
+    );
+    assert_exit(&cut, 4);
+    assert!(
+        cut.error()
+            .starts_with("write 'secret/istio/clusters/homelab' failed: cannot reach Vault: "),
+        "{}",
+        cut.error()
+    );
+    assert!(
+        cut.error().ends_with("(after 3 attempts)"),
+        "{}",
+        cut.error()
+    );
+    assert_eq!(versions(&bao), [1, 0, 0]);
+    let fingerprint = bao.kv_field("istio/ca", "fingerprint");
+
     let next = run(&bao, &token, &[]);
     assert_exit(&next, 0);
     assert_eq!(versions(&bao), [1, 1, 1]);

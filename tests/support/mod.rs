@@ -3,5 +3,7 @@
 //! the command that installs it, rather than skipping: a skipped interop test proves nothing.
 
 pub mod jobs;
+pub mod kube_api;
 pub mod openbao;
+pub mod proxy;
 pub mod tools;

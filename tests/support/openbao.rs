@@ -70,7 +70,7 @@ impl OpenBao {
         let dir = Scratch::new();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
         let child = Command::new(bao_bin())
-            .args(["server", "-dev", "-dev-no-store-token"])
+            .args(["server", "-dev", "-dev-no-store-token", "-log-level=debug"])
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .env_clear()
@@ -203,6 +203,27 @@ impl Drop for OpenBao {
     }
 }
 
+/// The uid a service account has in the test clusters, derived from its name so that the
+/// token's claim and the fake API server's TokenReview answer agree, as they do in a cluster.
+pub fn service_account_uid(namespace: &str, name: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{namespace}/{name}").as_bytes(),
+    );
+    let h: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// An ES256 signing key standing in for a cluster's service-account issuer.
 pub struct TokenIssuer {
     key: EcdsaKeyPair,
@@ -249,7 +270,7 @@ impl TokenIssuer {
             "iat": now,
             "nbf": now - 5,
             "exp": now + 600,
-            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "00000000-0000-0000-0000-000000000001"}},
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": service_account_uid(namespace, name)}},
         });
         let signing_input = format!(
             "{}.{}",

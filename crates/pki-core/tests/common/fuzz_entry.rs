@@ -2,7 +2,7 @@
 //! mutation test in `tests/pki.rs` on stable, and by `cargo fuzz` (`fuzz/`). None may panic.
 
 use pki_core::istio::{IstioBundleFiles, verify_istio_bundle};
-use pki_core::time::macros::datetime;
+use pki_core::time::OffsetDateTime;
 use pki_core::{Certificate, Crl, SigningKey, read_pkcs12};
 
 /// Feeds `input` to every parser that reads material from storage or from a user.
@@ -18,6 +18,9 @@ pub fn parse_untrusted(input: &[u8]) {
         root_cert: &text,
         cert_chain: &text,
     };
-    let _ = verify_istio_bundle(files, datetime!(2026-06-01 0:00 UTC));
+    // 2026-06-01T00:00:00Z, without the `time` macros (the fuzz crate does not depend on `time`).
+    let at =
+        OffsetDateTime::from_unix_timestamp(1_780_272_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let _ = verify_istio_bundle(files, at);
     let _ = read_pkcs12(input, "password", "fuzz");
 }

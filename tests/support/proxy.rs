@@ -1,0 +1,98 @@
+//! A TCP proxy in front of a server that lets a set number of HTTP requests through and then
+//! goes away, as a Vault that is stopped in the middle of a job's run: the connection drops
+//! and every later connection is refused.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub struct CutProxy {
+    pub addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CutProxy {
+    /// Forwards to `upstream` (`127.0.0.1:port`) until `requests` requests have gone through.
+    pub fn start(upstream: &str, requests: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let upstream = upstream.to_owned();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Dropping the listener when stopped makes later connections fail outright.
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            client.set_nonblocking(false).unwrap();
+                            let server = TcpStream::connect(&upstream).unwrap();
+                            let (stop, seen) = (stop.clone(), seen.clone());
+                            std::thread::spawn(move || {
+                                relay(client, server, &stop, &seen, requests)
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    stop: &AtomicBool,
+    seen: &AtomicUsize,
+    limit: usize,
+) {
+    let (mut server_read, mut client_write) =
+        (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_read, &mut client_write);
+        let _ = client_write.shutdown(Shutdown::Both);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // A request line ends in " HTTP/1.1\r\n"; clients write it in one piece.
+        let starts = buf[..n]
+            .windows(11)
+            .filter(|w| w == b" HTTP/1.1\r\n")
+            .count();
+        if starts > 0 && seen.fetch_add(starts, Ordering::SeqCst) + starts > limit {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if server.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = server.shutdown(Shutdown::Both);
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = back.join();
+}
