@@ -89,6 +89,9 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// Bounded: nothing we serve takes a body larger than a few KiB.
+const MAX_BODY: usize = 1 << 20;
+
 struct Request {
     method: String,
     path: String,
@@ -120,8 +123,6 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
             }
         }
     }
-    // Bounded: nothing we serve takes a body larger than a few KiB.
-    const MAX_BODY: usize = 1 << 20;
     let mut body = Vec::new();
     if chunked {
         // Go's HTTP client (Vault's) streams JSON bodies with chunked encoding.

@@ -210,10 +210,12 @@ pub fn service_account_uid(namespace: &str, name: &str) -> String {
         &ring::digest::SHA256,
         format!("{namespace}/{name}").as_bytes(),
     );
-    let h: String = digest.as_ref()[..16]
+    let h = digest.as_ref()[..16]
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+        .fold(String::new(), |mut h, b| {
+            h.push_str(&format!("{b:02x}"));
+            h
+        });
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
