@@ -35,7 +35,7 @@ impl CutProxy {
                             let server = TcpStream::connect(&upstream).unwrap();
                             let (stop, seen) = (stop.clone(), seen.clone());
                             std::thread::spawn(move || {
-                                relay(client, server, &stop, &seen, requests)
+                                relay(client, server, &stop, &seen, requests);
                             });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
