@@ -210,12 +210,11 @@ pub fn service_account_uid(namespace: &str, name: &str) -> String {
         &ring::digest::SHA256,
         format!("{namespace}/{name}").as_bytes(),
     );
-    let h = digest.as_ref()[..16]
+    let h: String = digest.as_ref()[..16]
         .iter()
-        .fold(String::new(), |mut h, b| {
-            h.push_str(&format!("{b:02x}"));
-            h
-        });
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .filter_map(|n| char::from_digit(n.into(), 16))
+        .collect();
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
