@@ -24,6 +24,10 @@ lint:
 bench-pki:
     cargo bench -p pki-core --bench vs_openssl
 
+# bootstrap-job against the seeds' shell scripts on one OpenBao server (wall time, peak memory).
+bench-bootstrap runs="15":
+    ./scripts/bench-bootstrap.sh {{runs}}
+
 # Fuzz the untrusted-input parsers for a while (default 60 s). Needs cargo-fuzz; the stable
 # toolchain is told to accept the sanitizer flags.
 fuzz seconds="60":

@@ -13,6 +13,7 @@ declare -A wanted=(
   [keytool]=default-jre-headless
   [haproxy]=haproxy
   [curl]=curl
+  [/usr/bin/time]=time
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
