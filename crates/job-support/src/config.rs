@@ -333,6 +333,13 @@ impl SecretStore for AnyStore {
         }
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Self::Vault(s) => s.list(prefix).await,
+            Self::Local(s) => s.list(prefix).await,
+        }
+    }
+
     async fn write(
         &self,
         path: &str,

@@ -132,6 +132,30 @@ impl SecretStore for LocalStore {
         }))
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.entry_dir(prefix, "list")?;
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io_error("list", prefix, &dir, &e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error("list", prefix, &dir, &e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            if self.latest_version(&entry.path(), prefix, "list")? > 0 {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     async fn write(
         &self,
         path: &str,
@@ -255,6 +279,17 @@ mod tests {
             }
         }
         assert_eq!(winners, 1);
+    }
+
+    #[tokio::test]
+    async fn list_names_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        assert!(store.list("pki/clients").await.unwrap().is_empty());
+        for name in ["bob", "alice", "carol/nested"] {
+            store.write(&format!("pki/clients/{name}"), &data("x"), 0).await.unwrap();
+        }
+        assert_eq!(store.list("pki/clients").await.unwrap(), ["alice", "bob"]);
     }
 
     #[tokio::test]

@@ -159,6 +159,10 @@ pub trait SecretStore {
     /// version is deleted).
     async fn read(&self, path: &str) -> Result<Option<KvEntry>, StoreError>;
 
+    /// The names of the entries directly under `prefix` (not recursive, no trailing `/`),
+    /// sorted; empty when there are none.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
     /// Writes `data` as the next version of `path` if its current version is `cas`
     /// (0: only if it does not exist yet).
     async fn write(

@@ -264,6 +264,29 @@ impl SecretStore for VaultStore {
         }))
     }
 
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let label = self.label(prefix);
+        check_path(prefix).map_err(|detail| StoreError::Malformed {
+            operation: "list",
+            path: label.clone(),
+            detail,
+        })?;
+        let mount = &self.settings.kv_mount;
+        let keys = retry(self.settings.max_attempts, "list", &label, || async {
+            match vaultrs::kv2::list(&self.client, mount, prefix).await {
+                Ok(keys) => Ok(keys),
+                Err(ClientError::APIError { code: 404, .. }) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|f| f.into_store_error("list", &label))?;
+        // Sub-folders end in '/': they are not entries.
+        let mut names: Vec<String> = keys.into_iter().filter(|k| !k.ends_with('/')).collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn write(
         &self,
         path: &str,
