@@ -70,13 +70,19 @@ pub fn issue_client_certificate(
     Ok(ClientCredential { certificate, key })
 }
 
-fn validate_email(email: &str) -> Result<()> {
-    let valid = email.is_ascii()
+/// Whether `email` is an ASCII address of the form `user@domain.tld`, as an rfc822Name
+/// subjectAltName must be.
+#[must_use]
+pub fn valid_email(email: &str) -> bool {
+    email.is_ascii()
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.contains('@')
-        });
-    if valid {
+        })
+}
+
+fn validate_email(email: &str) -> Result<()> {
+    if valid_email(email) {
         Ok(())
     } else {
         Err(invalid_email(email))

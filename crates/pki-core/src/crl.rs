@@ -259,6 +259,29 @@ impl Crl {
         })
     }
 
+    /// Parses every `X509 CRL` block of a bundle (HAProxy's `crl-file` holds one per CA).
+    pub fn bundle_from_pem(pem_text: &str, label: &str) -> Result<Vec<Self>> {
+        let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::InvalidPem {
+            object: label.to_owned(),
+            reason: e.to_string(),
+        })?;
+        blocks
+            .iter()
+            .filter(|b| b.tag() == "X509 CRL")
+            .enumerate()
+            .map(|(i, b)| Self::from_pem(&pem::encode(b), &format!("{label} CRL {}", i + 1)))
+            .collect()
+    }
+
+    /// The CRL as a PEM block.
+    #[must_use]
+    pub fn to_pem(&self) -> String {
+        pem::encode_config(
+            &pem::Pem::new("X509 CRL", self.der.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    }
+
     /// What the CRL says.
     #[must_use]
     pub fn info(&self) -> &CrlInfo {

@@ -21,7 +21,9 @@ pub use ca::{
     BACKDATE, CaCredential, CaParams, SubjectName, generate_root_ca, issue_intermediate_ca,
 };
 pub use cert::{Certificate, CertificateInfo, chain_to_pem, fingerprint_sha256};
-pub use client::{ClientCertificateParams, ClientCredential, issue_client_certificate};
+pub use client::{
+    ClientCertificateParams, ClientCredential, issue_client_certificate, valid_email,
+};
 pub use crl::{
     Crl, CrlInfo, CrlParams, RevocationReason, RevokedCertificate, RevokedEntry, sign_crl,
 };

@@ -85,12 +85,12 @@ impl Pkcs12Password {
         let mut bytes = [0u8; 24];
         let mut password = String::with_capacity(bytes.len());
         while password.len() < bytes.len() {
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
-                PkiError::Generation {
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(
+                |_| PkiError::Generation {
                     what: "PKCS#12 password",
                     reason: "the system random number generator failed".into(),
-                }
-            })?;
+                },
+            )?;
             // Rejection sampling keeps every character equally likely.
             let limit = 256 - 256 % ALPHABET.len();
             for b in bytes {

@@ -287,7 +287,10 @@ mod tests {
         let store = LocalStore::new(dir.path(), "secret");
         assert!(store.list("pki/clients").await.unwrap().is_empty());
         for name in ["bob", "alice", "carol/nested"] {
-            store.write(&format!("pki/clients/{name}"), &data("x"), 0).await.unwrap();
+            store
+                .write(&format!("pki/clients/{name}"), &data("x"), 0)
+                .await
+                .unwrap();
         }
         assert_eq!(store.list("pki/clients").await.unwrap(), ["alice", "bob"]);
     }

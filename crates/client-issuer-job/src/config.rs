@@ -1,0 +1,346 @@
+//! The client issuer's configuration: the shared store variables, the state paths, the CA and
+//! client defaults, the CRL schedule, the legacy CAs of a migration, and the Pushgateway.
+
+use std::path::PathBuf;
+
+use job_support::config::{ConfigError, StoreConfig, parse_number, raw_from_vars};
+use pki_core::time::Duration;
+use pki_core::{Certificate, Crl, KeyAlgorithm, Pkcs12Profile, RenewalPolicy};
+use serde::Deserialize;
+
+/// The Vault role the job logs in with unless `VAULT_AUTH_ROLE` says otherwise.
+pub const DEFAULT_ROLE: &str = "client-issuer";
+
+/// This job's variables, for `--help`.
+pub const VARIABLES_HELP: &str = "\
+CLIENT PKI:
+    CLIENTS_FILE             YAML file of declared clients (a mounted ConfigMap)  [/etc/client-issuer/clients.yaml]
+    PKI_CA_PATH              KV path of the public trust bundle + CRL (what HAProxy gets)  [pki/ca]
+    PKI_ISSUER_PATH          KV path of the client CA certificate and key  [pki/issuer]
+    PKI_CLIENTS_PATH         KV prefix of the per-user entries  [pki/clients]
+    CLIENT_CA_KEY_ALGORITHM  ecdsa-p256 | ecdsa-p384 | rsa-4096  [ecdsa-p256]
+    CLIENT_CA_ORGANIZATION   O of the client CA  [NAS]
+    CLIENT_CA_CN             CN of the client CA  [Client CA]
+    CLIENT_CA_VALIDITY_DAYS  client CA validity  [3650]
+    CLIENT_KEY_ALGORITHM     key type of client certificates  [ecdsa-p256]
+    CLIENT_VALIDITY_DAYS     default client certificate validity  [365]
+    PKCS12_ITERATIONS        PBKDF and MAC iterations  [2048]
+    RENEW_LIFETIME_PERCENT   re-issue a client after this share of its lifetime; 0 = never  [80]
+    RENEW_MIN_DAYS_LEFT      re-issue a client with fewer days left; 0 = never  [30]
+    CRL_VALIDITY_DAYS        nextUpdate of a new CRL, in days from now  [14]
+    CRL_RENEW_DAYS_LEFT      re-sign the CRL when fewer days are left before nextUpdate  [7]
+    LEGACY_CA_FILES          comma-separated PEM files of CAs HAProxy keeps trusting during a migration
+    LEGACY_CRL_FILES         comma-separated PEM CRL files, one per legacy CA (required with LEGACY_CA_FILES)
+    PUSHGATEWAY_URL          push run metrics to this Prometheus Pushgateway, e.g. http://pushgateway:9091
+    PUSHGATEWAY_JOB          job label of the pushed metrics  [client-issuer]";
+
+#[derive(Debug, Default, Deserialize)]
+struct RawIssuerConfig {
+    clients_file: Option<String>,
+    pki_ca_path: Option<String>,
+    pki_issuer_path: Option<String>,
+    pki_clients_path: Option<String>,
+    client_ca_key_algorithm: Option<String>,
+    client_ca_organization: Option<String>,
+    client_ca_cn: Option<String>,
+    client_ca_validity_days: Option<String>,
+    client_key_algorithm: Option<String>,
+    client_validity_days: Option<String>,
+    pkcs12_iterations: Option<String>,
+    renew_lifetime_percent: Option<String>,
+    renew_min_days_left: Option<String>,
+    crl_validity_days: Option<String>,
+    crl_renew_days_left: Option<String>,
+    legacy_ca_files: Option<String>,
+    legacy_crl_files: Option<String>,
+    pushgateway_url: Option<String>,
+    pushgateway_job: Option<String>,
+}
+
+/// A CA of the previous system that HAProxy keeps trusting during a migration, with the CRL
+/// HAProxy needs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyCa {
+    /// The CA certificate.
+    pub certificate: Certificate,
+    /// Its CRL, PEM as supplied.
+    pub crl_pem: String,
+}
+
+/// Everything the job needs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the state lives.
+    pub store: StoreConfig,
+    /// The declared clients file.
+    pub clients_file: PathBuf,
+    /// State paths and certificate settings.
+    pub pki: PkiSettings,
+    /// Pushgateway base URL and job label.
+    pub pushgateway: Option<(String, String)>,
+}
+
+/// State paths and certificate settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PkiSettings {
+    /// KV mount, for messages.
+    pub mount: String,
+    /// Public bundle path.
+    pub ca_path: String,
+    /// Issuer (CA key) path.
+    pub issuer_path: String,
+    /// Client entries prefix.
+    pub clients_path: String,
+    /// Client CA key type.
+    pub ca_key_algorithm: KeyAlgorithm,
+    /// Client CA O.
+    pub ca_organization: String,
+    /// Client CA CN.
+    pub ca_common_name: String,
+    /// Client CA validity.
+    pub ca_validity: Duration,
+    /// Client key type.
+    pub client_key_algorithm: KeyAlgorithm,
+    /// Default client validity in days.
+    pub client_validity_days: u32,
+    /// Default PKCS#12 profile for the one-off command.
+    pub default_profile: Pkcs12Profile,
+    /// PKCS#12 iterations.
+    pub pkcs12_iterations: u32,
+    /// When a client certificate is re-issued.
+    pub renewal: RenewalPolicy,
+    /// nextUpdate of a new CRL.
+    pub crl_validity: Duration,
+    /// Re-sign when less than this is left before nextUpdate.
+    pub crl_renew_before: Duration,
+    /// CAs kept in the trust bundle during a migration.
+    pub legacy: Vec<LegacyCa>,
+}
+
+impl Config {
+    /// Reads and validates the configuration from `vars`; reads the legacy CA and CRL files.
+    pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
+        let raw: RawIssuerConfig = raw_from_vars(vars)?;
+        let mount = match &store.location {
+            job_support::StoreLocation::Vault(v) => v.kv_mount.clone(),
+            job_support::StoreLocation::Local { mount, .. } => mount.clone(),
+        };
+        let pki = pki_settings(&raw, mount)?;
+        let pushgateway = match raw.pushgateway_url {
+            None => None,
+            Some(url) => {
+                let parsed = url::Url::parse(&url)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"));
+                if parsed.is_none() {
+                    return Err(ConfigError::new(
+                        "PUSHGATEWAY_URL",
+                        format!("'{url}' is not an http(s) URL"),
+                    ));
+                }
+                let job = text("PUSHGATEWAY_JOB", raw.pushgateway_job, "client-issuer")?;
+                Some((url.trim_end_matches('/').to_owned(), job))
+            }
+        };
+        Ok(Self {
+            store,
+            clients_file: PathBuf::from(
+                raw.clients_file
+                    .as_deref()
+                    .unwrap_or("/etc/client-issuer/clients.yaml"),
+            ),
+            pki,
+            pushgateway,
+        })
+    }
+}
+
+fn text(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(ConfigError::new(variable, "must not be blank")),
+        Some(v) => Ok(v),
+        None => Ok(default.to_owned()),
+    }
+}
+
+fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, ConfigError> {
+    let algorithm = |variable: &'static str, value: Option<&str>| match value {
+        None => Ok(KeyAlgorithm::EcdsaP256),
+        Some(v) => v.parse().map_err(|_| {
+            ConfigError::new(
+                variable,
+                format!("'{v}' is not one of ecdsa-p256, ecdsa-p384, rsa-4096"),
+            )
+        }),
+    };
+    let percent = parse_number(
+        "RENEW_LIFETIME_PERCENT",
+        raw.renew_lifetime_percent.as_deref(),
+        80,
+        0..=100,
+    )?;
+    let min_days = parse_number(
+        "RENEW_MIN_DAYS_LEFT",
+        raw.renew_min_days_left.as_deref(),
+        30,
+        0..=36_500,
+    )?;
+    let crl_days = parse_number(
+        "CRL_VALIDITY_DAYS",
+        raw.crl_validity_days.as_deref(),
+        14,
+        1..=365,
+    )?;
+    let crl_renew = parse_number(
+        "CRL_RENEW_DAYS_LEFT",
+        raw.crl_renew_days_left.as_deref(),
+        7,
+        0..=365,
+    )?;
+    if crl_renew >= crl_days {
+        return Err(ConfigError::new(
+            "CRL_RENEW_DAYS_LEFT",
+            format!(
+                "{crl_renew} must be less than CRL_VALIDITY_DAYS ({crl_days}), or every run re-signs the CRL"
+            ),
+        ));
+    }
+    Ok(PkiSettings {
+        mount,
+        ca_path: kv_path("PKI_CA_PATH", raw.pki_ca_path.clone(), "pki/ca")?,
+        issuer_path: kv_path("PKI_ISSUER_PATH", raw.pki_issuer_path.clone(), "pki/issuer")?,
+        clients_path: kv_path(
+            "PKI_CLIENTS_PATH",
+            raw.pki_clients_path.clone(),
+            "pki/clients",
+        )?,
+        ca_key_algorithm: algorithm(
+            "CLIENT_CA_KEY_ALGORITHM",
+            raw.client_ca_key_algorithm.as_deref(),
+        )?,
+        ca_organization: text(
+            "CLIENT_CA_ORGANIZATION",
+            raw.client_ca_organization.clone(),
+            "NAS",
+        )?,
+        ca_common_name: text("CLIENT_CA_CN", raw.client_ca_cn.clone(), "Client CA")?,
+        ca_validity: Duration::days(parse_number(
+            "CLIENT_CA_VALIDITY_DAYS",
+            raw.client_ca_validity_days.as_deref(),
+            3650,
+            1..=36_500,
+        )? as i64),
+        client_key_algorithm: algorithm(
+            "CLIENT_KEY_ALGORITHM",
+            raw.client_key_algorithm.as_deref(),
+        )?,
+        client_validity_days: parse_number(
+            "CLIENT_VALIDITY_DAYS",
+            raw.client_validity_days.as_deref(),
+            365,
+            1..=3650,
+        )? as u32,
+        default_profile: Pkcs12Profile::Modern,
+        pkcs12_iterations: parse_number(
+            "PKCS12_ITERATIONS",
+            raw.pkcs12_iterations.as_deref(),
+            2048,
+            1..=1_000_000,
+        )? as u32,
+        renewal: RenewalPolicy {
+            lifetime_fraction: (percent > 0).then(|| f64::from(percent as u32) / 100.0),
+            min_days_left: (min_days > 0).then_some(min_days as u32),
+        },
+        crl_validity: Duration::days(crl_days as i64),
+        crl_renew_before: Duration::days(crl_renew as i64),
+        legacy: legacy_cas(
+            raw.legacy_ca_files.as_deref(),
+            raw.legacy_crl_files.as_deref(),
+        )?,
+    })
+}
+
+fn kv_path(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let path = value.unwrap_or_else(|| default.to_owned());
+    let valid = !path.is_empty()
+        && path
+            .split('/')
+            .all(|s| !s.is_empty() && !s.starts_with('.'));
+    if valid {
+        Ok(path)
+    } else {
+        Err(ConfigError::new(
+            variable,
+            format!("'{path}' is not a relative KV path such as {default}"),
+        ))
+    }
+}
+
+fn file_list(value: Option<&str>) -> Vec<PathBuf> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Each legacy CA must come with a CRL it signed: HAProxy with `crl-file` refuses every
+/// client, of every CA, once one CA of `ca-file` has no CRL. Refusing the configuration here
+/// keeps a migration from locking everyone out.
+fn legacy_cas(
+    ca_files: Option<&str>,
+    crl_files: Option<&str>,
+) -> Result<Vec<LegacyCa>, ConfigError> {
+    let read = |variable: &'static str, path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(variable, format!("cannot read {}: {e}", path.display())))
+    };
+    let mut crls = Vec::new();
+    for path in file_list(crl_files) {
+        let text = read("LEGACY_CRL_FILES", &path)?;
+        let crl = Crl::from_pem(&text, &path.display().to_string())
+            .map_err(|e| ConfigError::new("LEGACY_CRL_FILES", e.to_string()))?;
+        crls.push((crl, text));
+    }
+    let mut legacy = Vec::new();
+    for path in file_list(ca_files) {
+        let label = path.display().to_string();
+        let text = read("LEGACY_CA_FILES", &path)?;
+        for certificate in Certificate::chain_from_pem(&text, &label)
+            .map_err(|e| ConfigError::new("LEGACY_CA_FILES", e.to_string()))?
+        {
+            certificate
+                .check_is_ca()
+                .map_err(|e| ConfigError::new("LEGACY_CA_FILES", e.to_string()))?;
+            let Some((_, crl_pem)) = crls
+                .iter()
+                .find(|(crl, _)| crl.verify_signed_by(&certificate).is_ok())
+            else {
+                return Err(ConfigError::new(
+                    "LEGACY_CRL_FILES",
+                    format!(
+                        "no CRL signed by legacy CA '{}' ({label}); HAProxy with crl-file refuses every client \
+                         when a CA of its ca-file has no CRL, so this bundle would lock everyone out",
+                        certificate.info().subject
+                    ),
+                ));
+            };
+            legacy.push(LegacyCa {
+                certificate,
+                crl_pem: crl_pem.clone(),
+            });
+        }
+    }
+    Ok(legacy)
+}
