@@ -14,6 +14,7 @@ declare -A wanted=(
   [haproxy]=haproxy
   [curl]=curl
   [/usr/bin/time]=time
+  [prometheus-pushgateway]=prometheus-pushgateway
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

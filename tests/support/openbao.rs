@@ -126,6 +126,35 @@ impl OpenBao {
         }
     }
 
+    /// Runs a shell script with this server as `VAULT_ADDR`, the root token, and `bao` (also
+    /// as `vault`) on the PATH: an operator's or a user's commands, as written in the seeds.
+    pub fn shell(&self, script: &str) -> Ran {
+        let bin = self.dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let vault = bin.join("vault");
+        if !vault.exists() {
+            std::os::unix::fs::symlink(bao_bin(), &vault).unwrap();
+        }
+        let output = Command::new("sh")
+            .args(["-ec", script])
+            .env_clear()
+            .env(
+                "PATH",
+                format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+            )
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run sh");
+        Ran {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// Writes a policy from HCL text.
     pub fn policy(&self, name: &str, hcl: &str) {
         let file = self.dir.write(&format!("{name}.hcl"), hcl);

@@ -1,0 +1,483 @@
+//! `client-issuer-job` against a real OpenBao and a real HAProxy: users fetch their PKCS#12
+//! exactly as the seed tells them and get through; revoked users, strangers and anonymous
+//! clients do not; a migration trusts both CAs; metrics reach a real Pushgateway.
+
+use std::path::PathBuf;
+
+use pki_core::time::{Duration, OffsetDateTime};
+use pki_core::{
+    CaParams, ClientCertificateParams, CrlParams, KeyAlgorithm, Pkcs12Password, Pkcs12Profile,
+    Pkcs12Request, SubjectName, build_pkcs12, generate_root_ca, issue_client_certificate, sign_crl,
+};
+
+use crate::support::haproxy::HaProxy;
+use crate::support::jobs::{JobRun, run_job, spawn_job, wait_job};
+use crate::support::openbao::{OpenBao, free_port};
+use crate::support::tools::{Scratch, keytool, openssl, run};
+
+const JOB: &str = "client-issuer-job";
+
+struct Setup {
+    bao: OpenBao,
+    dir: Scratch,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            bao: OpenBao::start(),
+            dir: Scratch::new(),
+        }
+    }
+
+    fn clients(&self, yaml: &str) -> PathBuf {
+        self.dir.write("clients.yaml", yaml)
+    }
+
+    fn run(&self, extra: &[(&str, &str)]) -> JobRun {
+        let clients = self.dir.path().join("clients.yaml");
+        let mut vars = vec![
+            ("VAULT_ADDR", self.bao.addr.as_str()),
+            ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+            ("CLIENTS_FILE", clients.to_str().unwrap()),
+        ];
+        vars.extend_from_slice(extra);
+        run_job(JOB, &vars, self.dir.path())
+    }
+
+    /// The seed's user step, as written: `vault kv get -field=p12 ... | base64 -d > name.p12`.
+    fn fetch_p12(&self, name: &str) -> (PathBuf, String) {
+        self.bao
+            .shell(&format!(
+                "vault kv get -field=p12 secret/pki/clients/{name} | base64 -d > {name}.p12"
+            ))
+            .ok();
+        let password = self
+            .bao
+            .kv_field(&format!("pki/clients/{name}"), "password");
+        (self.bao.dir.path().join(format!("{name}.p12")), password)
+    }
+
+    fn haproxy(&self) -> HaProxy {
+        HaProxy::start(
+            &self.bao.kv_field("pki/ca", "ca.crt"),
+            &self.bao.kv_field("pki/ca", "crl.pem"),
+        )
+    }
+
+    fn versions(&self, paths: &[&str]) -> Vec<u64> {
+        paths.iter().map(|p| self.bao.kv_version(p)).collect()
+    }
+}
+
+#[track_caller]
+fn assert_exit(run: &JobRun, code: i32) {
+    assert_eq!(run.code, code, "exit code; stderr:\n{}", run.stderr);
+}
+
+const ALICE_BOB: &str = "clients:\n  - name: alice\n    email: alice@example.org\n  - name: bob\n    email: bob@example.org\n";
+
+#[test]
+fn users_get_through_haproxy_and_the_revoked_do_not() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    let (bob_p12, bob_password) = s.fetch_p12("bob");
+    s.clients("clients:\n  - name: alice\n    email: alice@example.org\n  - name: bob\n    email: bob@example.org\n    revoked: true\n    revocation_reason: key-compromise\n");
+    let revoking = s.run(&[]);
+    assert_exit(&revoking, 0);
+    assert_eq!(revoking.last_field("revoked"), Some(1.into()));
+    assert_eq!(
+        s.bao.kv_field("pki/clients/bob", "status").trim(),
+        "revoked"
+    );
+
+    let haproxy = s.haproxy();
+    let (alice_p12, alice_password) = s.fetch_p12("alice");
+    let (code, body) = haproxy
+        .get_with_p12(Some((&alice_p12, &alice_password)))
+        .expect("alice refused");
+    assert_eq!((code, body.as_str()), (200, "hello alice"));
+
+    assert_eq!(
+        haproxy.get_with_p12(Some((&bob_p12, &bob_password))),
+        None,
+        "revoked bob got through"
+    );
+    assert_eq!(
+        haproxy.get_with_p12(None),
+        None,
+        "a client without a certificate got through"
+    );
+
+    // A certificate from another CA, with the same name.
+    let stranger_ca = generate_root_ca(
+        &CaParams {
+            subject: SubjectName::new("NAS", "Client CA"),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(30),
+        },
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let p12 = p12_for(&stranger_ca, "alice");
+    let file = s.dir.write("stranger.p12", p12);
+    assert_eq!(
+        haproxy.get_with_p12(Some((&file, "pw-stranger"))),
+        None,
+        "a stranger got through"
+    );
+
+    // The CRL lists bob with the declared reason.
+    s.dir.write("crl.pem", s.bao.kv_field("pki/ca", "crl.pem"));
+    let text = openssl(&["crl", "-in", "crl.pem", "-noout", "-text"], s.dir.path())
+        .ok()
+        .stdout;
+    let serial = s.bao.kv_field("pki/clients/bob", "serial");
+    assert!(
+        text.contains(&format!("Serial Number: {}", serial.trim()))
+            && text.contains("Key Compromise"),
+        "{text}"
+    );
+}
+
+fn p12_for(ca: &pki_core::CaCredential, name: &str) -> Vec<u8> {
+    let credential = issue_client_certificate(
+        ca,
+        &ClientCertificateParams {
+            name: name.into(),
+            email: format!("{name}@example.org"),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(30),
+        },
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    build_pkcs12(&Pkcs12Request {
+        credential: &credential,
+        ca_chain: &[&ca.certificate],
+        friendly_name: name,
+        password: &Pkcs12Password::new("pw-stranger").unwrap(),
+        profile: Pkcs12Profile::Modern,
+        iterations: 2048,
+    })
+    .unwrap()
+    .to_vec()
+}
+
+#[test]
+fn migration_trusts_the_legacy_ca_only_with_its_crl() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    let now = OffsetDateTime::now_utc();
+    let legacy = generate_root_ca(
+        &CaParams {
+            subject: SubjectName::new("Old", "Old Client CA"),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(365),
+        },
+        now - Duration::days(1),
+    )
+    .unwrap();
+    let legacy_crl = sign_crl(
+        &legacy,
+        &CrlParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(30),
+            crl_number: 1,
+            revoked: vec![],
+        },
+    )
+    .unwrap();
+    let ca_file = s.dir.write("legacy-ca.pem", legacy.certificate.to_pem());
+    let crl_file = s.dir.write("legacy-crl.pem", &legacy_crl);
+
+    let refused = s.run(&[("LEGACY_CA_FILES", ca_file.to_str().unwrap())]);
+    assert_exit(&refused, 2);
+    assert!(
+        refused.error().starts_with(
+            "invalid LEGACY_CRL_FILES: no CRL signed by legacy CA 'O=Old, CN=Old Client CA'"
+        ),
+        "{}",
+        refused.error()
+    );
+    assert_eq!(
+        s.versions(&["pki/issuer", "pki/ca", "pki/clients/alice"]),
+        [0, 0, 0],
+        "a refused configuration wrote"
+    );
+
+    let ok = s.run(&[
+        ("LEGACY_CA_FILES", ca_file.to_str().unwrap()),
+        ("LEGACY_CRL_FILES", crl_file.to_str().unwrap()),
+    ]);
+    assert_exit(&ok, 0);
+    let haproxy = s.haproxy();
+    let (alice_p12, alice_password) = s.fetch_p12("alice");
+    assert_eq!(
+        haproxy
+            .get_with_p12(Some((&alice_p12, &alice_password)))
+            .map(|r| r.0),
+        Some(200)
+    );
+    let old_user = s.dir.write("olduser.p12", p12_for(&legacy, "olduser"));
+    let (code, body) = haproxy
+        .get_with_p12(Some((&old_user, "pw-stranger")))
+        .expect("the legacy client was refused");
+    assert_eq!((code, body.as_str()), (200, "hello olduser"));
+}
+
+#[test]
+fn the_legacy_profile_opens_with_openssl_legacy_and_keytool() {
+    let s = Setup::new();
+    s.clients("clients:\n  - name: carol\n    email: carol@example.org\n    profile: legacy\n");
+    assert_exit(&s.run(&[]), 0);
+    let (p12, password) = s.fetch_p12("carol");
+    let pass = format!("pass:{password}");
+    let info = openssl(
+        &[
+            "pkcs12",
+            "-info",
+            "-legacy",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            &pass,
+            "-noout",
+        ],
+        s.dir.path(),
+    )
+    .ok()
+    .all();
+    assert!(
+        info.contains("MAC: sha1") && info.contains("pbeWithSHA1And3-KeyTripleDES-CBC"),
+        "{info}"
+    );
+    let listing = keytool(
+        &[
+            "-list",
+            "-v",
+            "-storetype",
+            "PKCS12",
+            "-keystore",
+            p12.to_str().unwrap(),
+            "-storepass",
+            &password,
+        ],
+        s.dir.path(),
+    )
+    .ok()
+    .stdout;
+    assert!(
+        listing.contains("Alias name: carol") && listing.contains("Entry type: PrivateKeyEntry"),
+        "{listing}"
+    );
+    assert!(listing.contains("Certificate chain length: 2"), "{listing}");
+}
+
+#[test]
+fn metrics_reach_a_real_pushgateway() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    let port = free_port();
+    let mut gateway = std::process::Command::new("prometheus-pushgateway")
+        .args([
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--log.level=warn".into(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus-pushgateway");
+    let url = format!("http://127.0.0.1:{port}");
+    let metrics = || run("curl", &["-s", &format!("{url}/metrics")], s.dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !metrics().success {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pushgateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_exit(&s.run(&[("PUSHGATEWAY_URL", &url)]), 0);
+    let text = metrics().ok().stdout;
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    for expected in [
+        "client_issuer_last_run_success{instance=\"\",job=\"client-issuer\"} 1",
+        "client_issuer_client_cert_expiry_timestamp_seconds{client=\"alice\",instance=\"\",job=\"client-issuer\",status=\"active\"}",
+        "client_issuer_ca_expiry_timestamp_seconds{instance=\"\",job=\"client-issuer\"}",
+        "client_issuer_crl_next_update_timestamp_seconds{instance=\"\",job=\"client-issuer\"}",
+        "client_issuer_last_run_clients{action=\"issued\",instance=\"\",job=\"client-issuer\"} 2",
+    ] {
+        assert!(text.contains(expected), "missing {expected}:\n{text}");
+    }
+}
+
+#[test]
+fn a_second_run_writes_nothing_and_placeholders_are_replaced() {
+    let s = Setup::new();
+    // The seed's preparation step.
+    s.bao.shell("vault kv put secret/pki/ca placeholder=true && vault kv put secret/pki/clients placeholder=true").ok();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    let paths = [
+        "pki/issuer",
+        "pki/ca",
+        "pki/clients/alice",
+        "pki/clients/bob",
+    ];
+    assert_eq!(s.versions(&paths), [1, 2, 1, 1]);
+    let second = s.run(&[]);
+    assert_exit(&second, 0);
+    assert_eq!(
+        second.messages().last().unwrap(),
+        "client PKI verified; nothing to do"
+    );
+    assert_eq!(s.versions(&paths), [1, 2, 1, 1]);
+
+    // The seed's expiry check reads `created` as RFC 3339.
+    let created = s
+        .bao
+        .shell("vault kv get -format=json secret/pki/clients/alice")
+        .ok()
+        .stdout;
+    let json: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let created = json["data"]["data"]["created"].as_str().unwrap();
+    assert!(
+        OffsetDateTime::parse(
+            created,
+            &pki_core::time::format_description::well_known::Rfc3339
+        )
+        .is_ok(),
+        "{created}"
+    );
+}
+
+#[test]
+fn an_invalid_issuer_entry_is_never_overwritten() {
+    let s = Setup::new();
+    s.bao.kv_put(
+        "pki/issuer",
+        &[("ca.crt", "not a certificate"), ("ca.key", "nor a key")],
+    );
+    s.clients(ALICE_BOB);
+    let refused = s.run(&[]);
+    assert_exit(&refused, 5);
+    assert_eq!(
+        refused.error(),
+        "invalid state at 'secret/pki/issuer': ca.crt holds no CERTIFICATE"
+    );
+    assert_eq!(
+        s.versions(&["pki/issuer", "pki/ca", "pki/clients/alice"]),
+        [1, 0, 0]
+    );
+}
+
+#[test]
+fn concurrent_runs_issue_one_certificate_per_client() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    let clients = s.dir.path().join("clients.yaml");
+    let dirs: Vec<Scratch> = (0..4).map(|_| Scratch::new()).collect();
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            spawn_job(
+                JOB,
+                &[
+                    ("VAULT_ADDR", s.bao.addr.as_str()),
+                    ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+                    ("CLIENTS_FILE", clients.to_str().unwrap()),
+                ],
+                d.path(),
+            )
+        })
+        .collect();
+    for child in children {
+        assert_exit(&wait_job(child), 0);
+    }
+    assert_eq!(
+        s.versions(&["pki/issuer", "pki/clients/alice", "pki/clients/bob"]),
+        [1, 1, 1]
+    );
+}
+
+#[test]
+fn an_invalid_clients_file_writes_nothing() {
+    let s = Setup::new();
+    s.clients("clients:\n  - name: alice\n    email: alice@example.org\n  - name: Bob/../x\n    email: bob\n  - name: alice\n    email: a@example.org\n");
+    let refused = s.run(&[]);
+    assert_exit(&refused, 2);
+    let error = refused.error();
+    assert!(error.ends_with(
+        "is invalid; nothing was written:\n  client 2 ('Bob/../x'): name must be lowercase letters, digits and '-', at most 63 characters, not starting or ending with '-'\n  client 2 ('Bob/../x'): email 'bob' is not an address of the form user@domain.tld\n  client 3 ('alice'): name is declared twice"
+    ), "{error}");
+    assert_eq!(
+        s.versions(&["pki/issuer", "pki/ca", "pki/clients/alice"]),
+        [0, 0, 0]
+    );
+}
+
+#[test]
+fn the_one_off_issue_command_and_the_report() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    let dir = Scratch::new();
+    let vars = [
+        ("VAULT_ADDR", s.bao.addr.as_str()),
+        ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+    ];
+    let issue = |args: &[&str]| {
+        let output = std::process::Command::new(crate::support::jobs::job_bin(JOB))
+            .args(args)
+            .env_clear()
+            .envs(vars)
+            .env("LOG_FORMAT", "json")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = issue(&["issue", "dave", "dave@example.org", "--profile", "legacy"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        s.bao.kv_field("pki/clients/dave", "profile").trim(),
+        "legacy"
+    );
+    assert_eq!(
+        s.bao.kv_field("pki/clients/dave", "source").trim(),
+        "manual"
+    );
+    // The next scheduled run does not revoke a manually issued client.
+    assert_exit(&s.run(&[]), 0);
+    assert_eq!(
+        s.bao.kv_field("pki/clients/dave", "status").trim(),
+        "active"
+    );
+
+    let (code, _, stderr) = issue(&["issue", "Dave", "dave@example.org"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("invalid arguments: 'Dave' is not a client name"),
+        "{stderr}"
+    );
+
+    let (code, table, _) = issue(&["report"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CLIENT"), "{table}");
+    for (line, name) in lines[1..4].iter().zip(["alice", "bob", "dave"]) {
+        assert!(
+            line.starts_with(name) && line.contains(" active "),
+            "{table}"
+        );
+    }
+    assert!(table.contains("client CA: O=NAS, CN=Client CA"), "{table}");
+    assert!(table.contains("CRL: number 1, 0 revoked"), "{table}");
+}
