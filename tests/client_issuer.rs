@@ -481,3 +481,47 @@ fn the_one_off_issue_command_and_the_report() {
     assert!(table.contains("client CA: O=NAS, CN=Client CA"), "{table}");
     assert!(table.contains("CRL: number 1, 0 revoked"), "{table}");
 }
+
+#[test]
+fn a_reinstated_user_gets_a_new_certificate_and_the_old_one_stays_revoked() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    let (old_p12, old_password) = s.fetch_p12("bob");
+    let old_serial = s
+        .bao
+        .kv_field("pki/clients/bob", "serial")
+        .trim()
+        .to_owned();
+    s.clients("clients:\n  - name: alice\n    email: alice@example.org\n");
+    assert_exit(&s.run(&[]), 0);
+    assert_eq!(
+        s.bao.kv_field("pki/clients/bob", "status").trim(),
+        "revoked",
+        "removal from the file revokes"
+    );
+
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    let new_serial = s
+        .bao
+        .kv_field("pki/clients/bob", "serial")
+        .trim()
+        .to_owned();
+    assert_ne!(new_serial, old_serial);
+    assert_eq!(s.bao.kv_field("pki/clients/bob", "status").trim(), "active");
+
+    let haproxy = s.haproxy();
+    let (new_p12, new_password) = s.fetch_p12("bob");
+    assert_eq!(
+        haproxy
+            .get_with_p12(Some((&new_p12, &new_password)))
+            .map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(
+        haproxy.get_with_p12(Some((&old_p12, &old_password))),
+        None,
+        "the revoked certificate came back"
+    );
+}

@@ -4,6 +4,7 @@
 //! the winner's entry; a run with nothing to do writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -77,6 +78,9 @@ pub struct ClientStatus {
     pub not_after: OffsetDateTime,
     /// Whether revoked.
     pub revoked: bool,
+    /// CRL entries: this certificate's, when revoked, and those of earlier certificates of
+    /// the same user that were revoked before a re-issue.
+    pub revocations: Vec<RevokedCertificate>,
     /// PKCS#12 profile.
     pub profile: Pkcs12Profile,
     /// What this run did.
@@ -135,9 +139,24 @@ struct ClientEntry {
     profile: Pkcs12Profile,
     source: Source,
     revoked: Option<(OffsetDateTime, RevocationReason)>,
+    /// Earlier certificates of this user, revoked before a re-issue: they stay on the CRL.
+    history: Vec<RevokedCertificate>,
 }
 
 impl ClientEntry {
+    /// Every revocation to publish for this user: the history, and the current certificate's.
+    fn all_revocations(&self) -> Vec<RevokedCertificate> {
+        let mut all = self.history.clone();
+        if let Some((revoked_at, reason)) = self.revoked {
+            all.push(RevokedCertificate {
+                serial: self.certificate.raw_serial(),
+                revoked_at,
+                reason,
+            });
+        }
+        all
+    }
+
     fn status(&self, name: &str, action: ClientAction) -> ClientStatus {
         ClientStatus {
             name: name.to_owned(),
@@ -145,6 +164,7 @@ impl ClientEntry {
             serial: self.certificate.info().serial_hex.clone(),
             not_after: self.certificate.info().not_after,
             revoked: self.revoked.is_some(),
+            revocations: self.all_revocations(),
             profile: self.profile,
             action,
         }
@@ -405,7 +425,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         match state {
             Stored::Absent { .. } if want.revoked => Ok(None),
             Stored::Absent { cas } => self
-                .issue(ca, want, *cas, source, ClientAction::Issued)
+                .issue(ca, want, *cas, source, ClientAction::Issued, Vec::new())
                 .await
                 .map(Some),
             Stored::Present(entry) if want.revoked => {
@@ -423,9 +443,18 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                     || entry.certificate.verify_signed_by(&ca.certificate).is_err()
                     || renewal_due(self.now, info.not_before, info.not_after, &self.pki.renewal);
                 if reissue {
-                    self.issue(ca, want, entry.version, source, ClientAction::Renewed)
-                        .await
-                        .map(Some)
+                    // A revoked certificate stays revoked after its user gets a new one.
+                    let carry = entry.all_revocations();
+                    self.issue(
+                        ca,
+                        want,
+                        entry.version,
+                        source,
+                        ClientAction::Renewed,
+                        carry,
+                    )
+                    .await
+                    .map(Some)
                 } else {
                     Ok(Some(entry.status(name, ClientAction::Kept)))
                 }
@@ -440,6 +469,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         cas: u64,
         source: Source,
         action: ClientAction,
+        carry: Vec<RevokedCertificate>,
     ) -> Result<ClientStatus> {
         let validity_days = want.validity_days.unwrap_or(self.pki.client_validity_days);
         let credential = issue_client_certificate(
@@ -475,6 +505,9 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         data.insert("not_after", rfc3339(info.not_after));
         data.insert("status", "active");
         data.insert("source", source.name());
+        if !carry.is_empty() {
+            data.insert("revoked_history", format_history(&carry));
+        }
         let path = self.client_path(&want.name);
         match self.store.write(&path, &data, cas).await? {
             WriteOutcome::Written { version } => {
@@ -488,6 +521,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                     serial: info.serial_hex.clone(),
                     not_after: info.not_after,
                     revoked: false,
+                    revocations: carry,
                     profile: want.profile,
                     action,
                 })
@@ -513,6 +547,11 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                       reason = %reason, "revoked the client certificate");
                 let mut status = entry.status(name, ClientAction::Revoked);
                 status.revoked = true;
+                status.revocations.push(RevokedCertificate {
+                    serial: entry.certificate.raw_serial(),
+                    revoked_at: self.now,
+                    reason,
+                });
                 Ok(Some(status))
             }
             WriteOutcome::Conflict => self.adopt(name).await.map(Some),
@@ -542,7 +581,11 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         mut clients: Vec<ClientStatus>,
     ) -> Result<RunSummary> {
         clients.sort_by(|a, b| a.name.cmp(&b.name));
-        let revoked = self.revoked_certificates().await?;
+        let revoked: Vec<(String, RevokedCertificate)> = clients
+            .iter()
+            .flat_map(|c| c.revocations.iter().cloned())
+            .map(|r| (r.serial_hex(), r))
+            .collect();
         let path = &self.pki.ca_path;
         // Bounded: a conflict means a concurrent run wrote the bundle; recompute from theirs.
         for _ in 0..3 {
@@ -632,32 +675,6 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             self.label(path)
         )
     }
-
-    async fn revoked_certificates(&self) -> Result<Vec<(String, RevokedCertificate)>> {
-        let names: BTreeSet<String> = self
-            .store
-            .list(&self.pki.clients_path)
-            .await?
-            .into_iter()
-            .collect();
-        let stored = self.read_clients(&names).await?;
-        Ok(stored
-            .into_values()
-            .filter_map(|s| match s {
-                Stored::Present(entry) => entry.revoked.map(|(at, reason)| {
-                    (
-                        entry.certificate.info().serial_hex.clone(),
-                        RevokedCertificate {
-                            serial: entry.certificate.raw_serial(),
-                            revoked_at: at,
-                            reason,
-                        },
-                    )
-                }),
-                Stored::Absent { .. } => None,
-            })
-            .collect())
-    }
 }
 
 #[derive(Debug)]
@@ -705,6 +722,7 @@ fn parse_client(entry: KvEntry) -> Result<ClientEntry, String> {
             ));
         }
     };
+    let history = parse_history(entry.data.get("revoked_history").unwrap_or_default())?;
     Ok(ClientEntry {
         version: entry.version,
         data: entry.data,
@@ -713,7 +731,52 @@ fn parse_client(entry: KvEntry) -> Result<ClientEntry, String> {
         profile,
         source,
         revoked,
+        history,
     })
+}
+
+/// `revoked_history`: one line per earlier certificate, `<serial hex> <revoked at> <reason>`.
+fn format_history(revocations: &[RevokedCertificate]) -> String {
+    let mut out = String::new();
+    for r in revocations {
+        let _ = writeln!(
+            out,
+            "{} {} {}",
+            r.serial_hex(),
+            rfc3339(r.revoked_at),
+            r.reason
+        );
+    }
+    out
+}
+
+fn parse_history(text: &str) -> Result<Vec<RevokedCertificate>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let bad = || format!("field 'revoked_history' has a malformed line '{line}'");
+            let mut parts = line.split_whitespace();
+            let (Some(serial), Some(at), Some(reason)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let serial = (0..serial.len())
+                .step_by(2)
+                .map(|i| {
+                    serial
+                        .get(i..i + 2)
+                        .and_then(|b| u8::from_str_radix(b, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(bad)?;
+            Ok(RevokedCertificate {
+                serial,
+                revoked_at: OffsetDateTime::parse(at, &Rfc3339).map_err(|_| bad())?,
+                reason: reason.parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
 }
 
 /// The CRL in `pem_bundle` that `ca` signed, if any.

@@ -115,6 +115,14 @@ pub struct RevokedCertificate {
     pub reason: RevocationReason,
 }
 
+impl RevokedCertificate {
+    /// The serial in uppercase hex, as [`crate::CertificateInfo::serial_hex`] has it.
+    #[must_use]
+    pub fn serial_hex(&self) -> String {
+        hex_upper(&self.serial, "")
+    }
+}
+
 /// The content of a CRL to sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlParams {
