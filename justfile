@@ -28,6 +28,10 @@ bench-pki:
 bench-bootstrap runs="15":
     ./scripts/bench-bootstrap.sh {{runs}}
 
+# client-issuer-job issuing N clients against the seeds' issue-clients.sh on one OpenBao server.
+bench-clients n="1000":
+    ./scripts/bench-client-issuer.sh {{n}}
+
 # Fuzz the untrusted-input parsers for a while (default 60 s). Needs cargo-fuzz; the stable
 # toolchain is told to accept the sanitizer flags.
 fuzz seconds="60":
