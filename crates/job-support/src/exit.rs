@@ -20,8 +20,10 @@ pub enum Failure {
     Unreachable = 4,
     /// 5: existing state is invalid; nothing was written.
     InvalidState = 5,
-    /// 6: logged in, but the policy refuses a read or write.
+    /// 6: logged in, but the policy (or Kubernetes RBAC) refuses a read or write.
     Denied = 6,
+    /// 7: the Kubernetes API refused an object (namespace missing, invalid object).
+    Rejected = 7,
 }
 
 impl Failure {
@@ -34,7 +36,8 @@ EXIT CODES:
     3  Vault login refused (role, token or auth mount)
     4  Vault or the state directory unreachable (after bounded retries)
     5  existing state is invalid (nothing was written)
-    6  Vault policy refuses a read or write";
+    6  Vault policy or Kubernetes RBAC refuses a read or write
+    7  the Kubernetes API refused an object (e.g. its namespace does not exist)";
 
     /// The class of an error chain: the first error in it that has a class.
     #[must_use]
@@ -48,6 +51,9 @@ EXIT CODES:
             }
             if cause.downcast_ref::<InvalidState>().is_some() {
                 return Self::InvalidState;
+            }
+            if let Some(e) = cause.downcast_ref::<Classified>() {
+                return e.failure;
             }
         }
         Self::Other
@@ -68,6 +74,17 @@ pub struct InvalidState {
     pub path: String,
     /// What is wrong, naming the field.
     pub problem: String,
+}
+
+/// An error a job has classified itself (for I/O outside the state store, such as the
+/// Kubernetes API).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Classified {
+    /// The exit code class.
+    pub failure: Failure,
+    /// What failed, on what.
+    pub message: String,
 }
 
 /// Prints the error chain once, logs it, and maps it to the exit code.

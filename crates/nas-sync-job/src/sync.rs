@@ -1,0 +1,314 @@
+//! The sync decision for each mapping: read the KV entry, verify the bundle, compare with the
+//! Secret, and apply only when something differs. A mapping that fails leaves its Secret as
+//! it was; the others still run, and the job exits non-zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use job_support::{InvalidState, SecretStore};
+use pki_core::time::OffsetDateTime;
+use tracing::{error, info};
+
+use crate::mapping::Mapping;
+use crate::target::{SecretState, SecretTarget};
+use crate::verify::verify_bundle;
+
+/// Annotation: the KV path the Secret mirrors.
+pub const SOURCE_ANNOTATION: &str = "pki.home.arpa/source";
+/// Annotation: the KV version it holds.
+pub const VERSION_ANNOTATION: &str = "pki.home.arpa/kv-version";
+/// Annotation: the bundle's fingerprint (Istio root, client CA, or data digest).
+pub const FINGERPRINT_ANNOTATION: &str = "pki.home.arpa/fingerprint";
+
+/// What happened to one mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncAction {
+    /// The Secret already held exactly this.
+    Unchanged,
+    /// The Secret did not exist.
+    Created,
+    /// The Secret differed; these keys (names only) were added, changed or removed, or its
+    /// metadata differed.
+    Restored(Vec<String>),
+}
+
+/// The result of one mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// `namespace/name`.
+    pub target: String,
+    /// What was done.
+    pub action: SyncAction,
+    /// The bundle's fingerprint.
+    pub fingerprint: String,
+}
+
+/// Runs every mapping; returns the outcomes, or the first failure after all were tried.
+pub async fn sync_all(
+    store: &impl SecretStore,
+    target: &impl SecretTarget,
+    mount: &str,
+    mappings: &[Mapping],
+    now: OffsetDateTime,
+) -> Result<Vec<SyncOutcome>> {
+    let mut outcomes = Vec::with_capacity(mappings.len());
+    let mut failures = Vec::new();
+    for mapping in mappings {
+        match sync_one(store, target, mount, mapping, now).await {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                error!(secret = %mapping.target(), source = %mapping.source, "{e:#}");
+                failures.push(e);
+            }
+        }
+    }
+    let failed = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(outcomes),
+        Some(first) => Err(first.context(format!(
+            "{failed} of {} mappings failed; their Secrets were left as they were",
+            mappings.len()
+        ))),
+    }
+}
+
+/// One mapping: verify, compare, apply if different.
+pub async fn sync_one(
+    store: &impl SecretStore,
+    target: &impl SecretTarget,
+    mount: &str,
+    mapping: &Mapping,
+    now: OffsetDateTime,
+) -> Result<SyncOutcome> {
+    let label = format!("{mount}/{}", mapping.source);
+    let invalid = |problem: String| InvalidState {
+        path: label.clone(),
+        problem,
+    };
+    let entry = store
+        .read(&mapping.source)
+        .await?
+        .ok_or_else(|| invalid("absent; nothing to mirror (has the issuing job run?)".into()))?;
+    let mut data = BTreeMap::new();
+    for (key, field) in &mapping.keys {
+        let value = entry.data.get(field).ok_or_else(|| {
+            let present: Vec<_> = entry.data.fields().collect();
+            invalid(format!(
+                "missing field '{field}' (fields present: {})",
+                present.join(", ")
+            ))
+        })?;
+        data.insert(key.clone(), value.to_owned());
+    }
+    let fingerprint = verify_bundle(mapping.kind, &data, now).map_err(|problem| {
+        invalid(format!(
+            "not a valid {} bundle: {problem}",
+            mapping.kind.name()
+        ))
+    })?;
+
+    let desired = SecretState {
+        secret_type: mapping.secret_type.clone(),
+        labels: mapping.labels.clone(),
+        annotations: BTreeMap::from([
+            (SOURCE_ANNOTATION.to_owned(), label.clone()),
+            (VERSION_ANNOTATION.to_owned(), entry.version.to_string()),
+            (FINGERPRINT_ANNOTATION.to_owned(), fingerprint.clone()),
+        ]),
+        data: data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+    };
+    let current = target
+        .get(&mapping.namespace, &mapping.name)
+        .await
+        .with_context(|| format!("failed to read the current Secret {}", mapping.target()))?;
+    let action = match &current {
+        None => SyncAction::Created,
+        Some(current) => {
+            let drift = differences(current, &desired);
+            if drift.is_empty() {
+                return Ok(SyncOutcome {
+                    target: mapping.target(),
+                    action: SyncAction::Unchanged,
+                    fingerprint,
+                });
+            }
+            SyncAction::Restored(drift)
+        }
+    };
+    target
+        .apply(&mapping.namespace, &mapping.name, &desired)
+        .await?;
+    match &action {
+        SyncAction::Restored(keys) => {
+            info!(secret = %mapping.target(), source = %label, version = entry.version, fingerprint = %fingerprint,
+                  drift = %keys.join(", "), "restored the Secret from Vault");
+        }
+        _ => {
+            info!(secret = %mapping.target(), source = %label, version = entry.version, fingerprint = %fingerprint,
+                   "created the Secret from Vault")
+        }
+    }
+    Ok(SyncOutcome {
+        target: mapping.target(),
+        action,
+        fingerprint,
+    })
+}
+
+/// What differs, by name only (values are secret): data keys, then our metadata. Labels and
+/// annotations that others added are not drift; ours missing or changed are.
+fn differences(current: &SecretState, desired: &SecretState) -> Vec<String> {
+    let keys: BTreeSet<&String> = current.data.keys().chain(desired.data.keys()).collect();
+    let mut drift: Vec<String> = keys
+        .into_iter()
+        .filter(|k| current.data.get(*k) != desired.data.get(*k))
+        .map(|k| format!("data.{k}"))
+        .collect();
+    if current.secret_type != desired.secret_type {
+        drift.push("type".into());
+    }
+    for (k, v) in &desired.labels {
+        if current.labels.get(k) != Some(v) {
+            drift.push(format!("label {k}"));
+        }
+    }
+    for (k, v) in &desired.annotations {
+        if current.annotations.get(k) != Some(v) {
+            drift.push(format!("annotation {k}"));
+        }
+    }
+    drift
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use job_support::SecretData;
+    use job_support::store::local::LocalStore;
+    use pki_core::istio::{IstioCaParams, generate_istio_root, issue_cluster_bundle};
+
+    use super::*;
+    use crate::mapping::default_mappings;
+
+    /// A target double that records applies.
+    #[derive(Default)]
+    struct Recorder {
+        secrets: RefCell<BTreeMap<String, SecretState>>,
+        applies: RefCell<usize>,
+    }
+
+    impl SecretTarget for Recorder {
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+        async fn get(&self, namespace: &str, name: &str) -> Result<Option<SecretState>> {
+            Ok(self
+                .secrets
+                .borrow()
+                .get(&format!("{namespace}/{name}"))
+                .cloned())
+        }
+        async fn apply(&self, namespace: &str, name: &str, desired: &SecretState) -> Result<()> {
+            *self.applies.borrow_mut() += 1;
+            self.secrets
+                .borrow_mut()
+                .insert(format!("{namespace}/{name}"), desired.clone());
+            Ok(())
+        }
+    }
+
+    async fn store_with_bundle(dir: &std::path::Path) -> LocalStore {
+        let store = LocalStore::new(dir, "secret");
+        let now = OffsetDateTime::now_utc();
+        let params = IstioCaParams::default();
+        let root = generate_istio_root(&params, now).unwrap();
+        let bundle = issue_cluster_bundle(&root, "nas", &params, now).unwrap();
+        let mut data = SecretData::new();
+        for (k, v) in bundle.files() {
+            data.insert(k, v);
+        }
+        store.write("istio/clusters/nas", &data, 0).await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn creates_then_leaves_alone_then_restores_drift() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_bundle(dir.path()).await;
+        let target = Recorder::default();
+        let mappings = default_mappings("nas");
+        let now = OffsetDateTime::now_utc();
+
+        let first = sync_all(&store, &target, "secret", &mappings, now)
+            .await
+            .unwrap();
+        assert_eq!(first[0].action, SyncAction::Created);
+        let second = sync_all(&store, &target, "secret", &mappings, now)
+            .await
+            .unwrap();
+        assert_eq!(second[0].action, SyncAction::Unchanged);
+        assert_eq!(*target.applies.borrow(), 1);
+
+        // Someone edits the Secret by hand and adds a label of their own.
+        {
+            let mut secrets = target.secrets.borrow_mut();
+            let secret = secrets.get_mut("istio-system/cacerts").unwrap();
+            secret
+                .data
+                .insert("ca-key.pem".into(), b"tampered".to_vec());
+            secret.data.insert("extra".into(), b"x".to_vec());
+            secret.labels.insert("team".into(), "mesh".into());
+        }
+        let third = sync_all(&store, &target, "secret", &mappings, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            third[0].action,
+            SyncAction::Restored(vec!["data.ca-key.pem".into(), "data.extra".into()])
+        );
+        let entry = store.read("istio/clusters/nas").await.unwrap().unwrap();
+        let secret = target.secrets.borrow()["istio-system/cacerts"].clone();
+        assert_eq!(
+            secret.data["ca-key.pem"],
+            entry.data.get("ca-key.pem").unwrap().as_bytes()
+        );
+        assert_eq!(
+            secret.annotations[SOURCE_ANNOTATION],
+            "secret/istio/clusters/nas"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_bundle_is_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_bundle(dir.path()).await;
+        let entry = store.read("istio/clusters/nas").await.unwrap().unwrap();
+        let mut broken = entry.data.clone();
+        broken.insert(
+            "ca-key.pem",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        store
+            .write("istio/clusters/nas", &broken, entry.version)
+            .await
+            .unwrap();
+        let target = Recorder::default();
+        let err = sync_all(
+            &store,
+            &target,
+            "secret",
+            &default_mappings("nas"),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.starts_with("1 of 1 mappings failed; their Secrets were left as they were: invalid state at 'secret/istio/clusters/nas': not a valid istio-cacerts bundle: ca-key.pem is not a usable private key"), "{message}");
+        assert_eq!(*target.applies.borrow(), 0);
+        assert_eq!(
+            job_support::Failure::of(&err),
+            job_support::Failure::InvalidState
+        );
+    }
+}
