@@ -145,7 +145,7 @@ pub async fn sync_one(
         }
         _ => {
             info!(secret = %mapping.target(), source = %label, version = entry.version, fingerprint = %fingerprint,
-                   "created the Secret from Vault")
+                   "created the Secret from Vault");
         }
     }
     Ok(SyncOutcome {
