@@ -5,5 +5,6 @@
 
 mod bootstrap;
 mod client_issuer;
+mod nas_sync;
 mod pki_interop;
 mod support;

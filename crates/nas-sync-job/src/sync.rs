@@ -2,7 +2,7 @@
 //! Secret, and apply only when something differs. A mapping that fails leaves its Secret as
 //! it was; the others still run, and the job exits non-zero.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use job_support::{InvalidState, SecretStore};
@@ -155,14 +155,15 @@ pub async fn sync_one(
     })
 }
 
-/// What differs, by name only (values are secret): data keys, then our metadata. Labels and
-/// annotations that others added are not drift; ours missing or changed are.
+/// What differs, by name only (values are secret). Only what this job applies counts: keys,
+/// labels and annotations that others added to the Secret are theirs under server-side apply,
+/// and are left alone.
 fn differences(current: &SecretState, desired: &SecretState) -> Vec<String> {
-    let keys: BTreeSet<&String> = current.data.keys().chain(desired.data.keys()).collect();
-    let mut drift: Vec<String> = keys
-        .into_iter()
-        .filter(|k| current.data.get(*k) != desired.data.get(*k))
-        .map(|k| format!("data.{k}"))
+    let mut drift: Vec<String> = desired
+        .data
+        .iter()
+        .filter(|(k, v)| current.data.get(*k) != Some(*v))
+        .map(|(k, _)| format!("data.{k}"))
         .collect();
     if current.secret_type != desired.secret_type {
         drift.push("type".into());
@@ -265,7 +266,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             third[0].action,
-            SyncAction::Restored(vec!["data.ca-key.pem".into(), "data.extra".into()])
+            SyncAction::Restored(vec!["data.ca-key.pem".into()])
         );
         let entry = store.read("istio/clusters/nas").await.unwrap().unwrap();
         let secret = target.secrets.borrow()["istio-system/cacerts"].clone();

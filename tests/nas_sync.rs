@@ -1,0 +1,411 @@
+//! `nas-sync-job` against a real OpenBao and the over-the-wire fake Kubernetes API server:
+//! first sync creates, a second sends no PATCH, drift is restored, an invalid bundle or a
+//! Vault outage leaves the Secret untouched, several mappings in one run, RBAC and missing
+//! namespaces refused, and Vault's Kubernetes login answered by the same fake cluster.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::jobs::{JobRun, run_job};
+use crate::support::kube_api::FakeApiServer;
+use crate::support::openbao::{OpenBao, ROOT_TOKEN, TokenIssuer};
+use crate::support::tools::Scratch;
+
+const JOB: &str = "nas-sync-job";
+const SA_TOKEN: &str = "nas-cluster-token-of-istio-ca-sync";
+
+struct Setup {
+    bao: OpenBao,
+    api: FakeApiServer,
+    dir: Scratch,
+}
+
+impl Setup {
+    /// OpenBao with the Istio CA created by bootstrap-job, and a NAS cluster whose
+    /// `istio-ca-sync` service account may read and apply `istio-system/cacerts` only.
+    fn new() -> Self {
+        let bao = OpenBao::start();
+        let dir = Scratch::new();
+        let boot = run_job(
+            "bootstrap-job",
+            &[
+                ("VAULT_ADDR", bao.addr.as_str()),
+                ("VAULT_TOKEN", ROOT_TOKEN),
+            ],
+            dir.path(),
+        );
+        assert_eq!(boot.code, 0, "{}", boot.stderr);
+        let api = FakeApiServer::start();
+        api.create_namespace("istio-system");
+        api.issue_token(SA_TOKEN, "istio-system", "istio-ca-sync");
+        api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+        dir.write("kubeconfig", api.kubeconfig(SA_TOKEN));
+        Self { bao, api, dir }
+    }
+
+    fn run(&self, extra: &[(&str, &str)]) -> JobRun {
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        let mut vars = vec![
+            ("VAULT_ADDR", self.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("VAULT_MAX_ATTEMPTS", "2"),
+            ("KUBE_MAX_ATTEMPTS", "2"),
+        ];
+        vars.extend_from_slice(extra);
+        run_job(JOB, &vars, self.dir.path())
+    }
+
+    fn cacerts(&self) -> Option<(std::collections::BTreeMap<String, Vec<u8>>, u64)> {
+        self.api
+            .secret("istio-system", "cacerts")
+            .map(|s| (s.data, s.resource_version))
+    }
+}
+
+#[track_caller]
+fn assert_exit(run: &JobRun, code: i32) {
+    assert_eq!(run.code, code, "exit code; stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn first_sync_creates_and_a_second_sends_no_patch() {
+    let s = Setup::new();
+    let first = s.run(&[]);
+    assert_exit(&first, 0);
+    assert_eq!(s.api.count("PATCH"), 1);
+    let (data, rv) = s.cacerts().expect("cacerts was not created");
+    for key in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        let vault = s.bao.kv_field("istio/clusters/nas", key);
+        assert_eq!(data[key], vault.as_bytes(), "{key} differs from Vault");
+    }
+    assert_eq!(data.len(), 4);
+    let annotations = s.api.secret("istio-system", "cacerts").unwrap().annotations;
+    assert_eq!(
+        annotations["pki.home.arpa/source"],
+        "secret/istio/clusters/nas"
+    );
+    assert_eq!(annotations["pki.home.arpa/kv-version"], "1");
+
+    let second = s.run(&[]);
+    assert_exit(&second, 0);
+    assert_eq!(s.api.count("PATCH"), 1, "a second run sent a PATCH");
+    assert_eq!(s.cacerts().unwrap().1, rv);
+    assert_eq!(
+        second.messages().last().unwrap(),
+        "secrets in sync; nothing to do"
+    );
+}
+
+#[test]
+fn drift_is_restored_and_named_without_values() {
+    let s = Setup::new();
+    assert_exit(&s.run(&[]), 0);
+    s.api.edit_secret(
+        "istio-system",
+        "cacerts",
+        "ca-key.pem",
+        b"hand-edited-value",
+    );
+    let run = s.run(&[]);
+    assert_exit(&run, 0);
+    let (data, _) = s.cacerts().unwrap();
+    assert_eq!(
+        data["ca-key.pem"],
+        s.bao
+            .kv_field("istio/clusters/nas", "ca-key.pem")
+            .as_bytes()
+    );
+    let restored = run
+        .log_lines()
+        .into_iter()
+        .find(|l| l["message"] == "restored the Secret from Vault")
+        .unwrap();
+    assert_eq!(restored["drift"], "data.ca-key.pem");
+    assert!(!run.stderr.contains("hand-edited-value") && !run.stderr.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn an_invalid_bundle_in_vault_is_not_applied() {
+    let s = Setup::new();
+    assert_exit(&s.run(&[]), 0);
+    let (before, rv) = s.cacerts().unwrap();
+    // The intermediate's key replaced by the root's: valid PEM, wrong key.
+    let root_key = s.bao.kv_field("istio/ca", "root-key.pem");
+    s.bao.shell(&format!("printf '%s' '{root_key}' > k.pem && vault kv patch -mount=secret istio/clusters/nas ca-key.pem=@k.pem")).ok();
+    let refused = s.run(&[]);
+    assert_exit(&refused, 5);
+    assert!(
+        refused.error().starts_with("1 of 1 mappings failed; their Secrets were left as they were: invalid state at 'secret/istio/clusters/nas': not a valid istio-cacerts bundle: ca-key.pem does not match ca-cert.pem"),
+        "{}",
+        refused.error()
+    );
+    assert_eq!(s.cacerts().unwrap(), (before, rv));
+}
+
+#[test]
+fn vault_down_leaves_the_secret_untouched() {
+    let mut s = Setup::new();
+    assert_exit(&s.run(&[]), 0);
+    let before = s.cacerts().unwrap();
+    s.bao.stop();
+    let run = s.run(&[]);
+    assert_exit(&run, 4);
+    assert_eq!(s.cacerts().unwrap(), before);
+    assert_eq!(s.api.count("PATCH"), 1);
+}
+
+#[test]
+fn several_mappings_in_one_run() {
+    let s = Setup::new();
+    let clients = s.dir.write(
+        "clients.yaml",
+        "clients:\n  - name: alice\n    email: alice@example.org\n",
+    );
+    let issued = run_job(
+        "client-issuer-job",
+        &[
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("CLIENTS_FILE", clients.to_str().unwrap()),
+        ],
+        s.dir.path(),
+    );
+    assert_exit(&issued, 0);
+    s.api.create_namespace("haproxy-controller");
+    s.api.grant(
+        "istio-system",
+        "istio-ca-sync",
+        "haproxy-controller",
+        "client-ca-cert",
+    );
+    let mappings = s.dir.write(
+        "mappings.yaml",
+        "mappings:\n  - source: istio/clusters/nas\n    kind: istio-cacerts\n    secret: {namespace: istio-system, name: cacerts}\n  - source: pki/ca\n    kind: client-ca\n    secret: {namespace: haproxy-controller, name: client-ca-cert, labels: {app: haproxy}}\n",
+    );
+    let run = s.run(&[("SYNC_MAPPINGS_FILE", mappings.to_str().unwrap())]);
+    assert_exit(&run, 0);
+    assert_eq!(
+        run.last_field("secrets").unwrap(),
+        "istio-system/cacerts=created, haproxy-controller/client-ca-cert=created"
+    );
+    let data = s
+        .api
+        .secret("haproxy-controller", "client-ca-cert")
+        .unwrap()
+        .data;
+    assert_eq!(
+        data["ca.crt"],
+        s.bao.kv_field("pki/ca", "ca.crt").as_bytes()
+    );
+    assert_eq!(
+        data["crl.pem"],
+        s.bao.kv_field("pki/ca", "crl.pem").as_bytes()
+    );
+}
+
+#[test]
+fn rbac_and_missing_namespaces_are_refused_clearly() {
+    let s = Setup::new();
+    let mappings = s.dir.write(
+        "mappings.yaml",
+        "mappings:\n  - source: istio/clusters/nas\n    kind: istio-cacerts\n    secret: {namespace: istio-system, name: other}\n",
+    );
+    let denied = s.run(&[("SYNC_MAPPINGS_FILE", mappings.to_str().unwrap())]);
+    assert_exit(&denied, 6);
+    assert!(denied.error().contains("read secret 'istio-system/other' failed: the API server answered 403 Forbidden: secrets \"other\" is forbidden: User \"system:serviceaccount:istio-system:istio-ca-sync\" cannot get resource \"secrets\""), "{}", denied.error());
+
+    let fresh = Setup::new();
+    let api_without_ns = FakeApiServer::start();
+    api_without_ns.issue_token(SA_TOKEN, "istio-system", "istio-ca-sync");
+    api_without_ns.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+    fresh
+        .dir
+        .write("kubeconfig", api_without_ns.kubeconfig(SA_TOKEN));
+    let missing = fresh.run(&[]);
+    assert_exit(&missing, 7);
+    assert!(
+        missing
+            .error()
+            .contains("namespaces \"istio-system\" not found"),
+        "{}",
+        missing.error()
+    );
+}
+
+/// The NAS cluster logs into the homelab Vault through its own auth mount; Vault asks the NAS
+/// cluster's TokenReview API (the same fake), and the job then applies into that cluster.
+#[test]
+fn kubernetes_login_through_the_nas_cluster() {
+    let s = Setup::new();
+    let issuer = TokenIssuer::new(&s.dir);
+    let jwt = issuer.token("istio-system", "istio-ca-sync");
+    s.api.issue_token(&jwt, "istio-system", "istio-ca-sync");
+    s.bao.policy(
+        "istio-ca-sync-nas",
+        r#"path "secret/data/istio/clusters/nas" { capabilities = ["read"] }"#,
+    );
+    let api_ca = s
+        .dir
+        .write("api-ca.pem", s.bao.kv_field("istio/ca", "root-cert.pem"));
+    s.bao
+        .cli(&["auth", "enable", "-path=kubernetes-nas", "kubernetes"])
+        .ok();
+    s.bao
+        .cli(&[
+            "write",
+            "auth/kubernetes-nas/config",
+            &format!("kubernetes_host={}", s.api.url),
+            &format!("kubernetes_ca_cert=@{}", api_ca.display()),
+            "disable_local_ca_jwt=true",
+        ])
+        .ok();
+    s.bao
+        .cli(&[
+            "write",
+            "auth/kubernetes-nas/role/istio-ca-sync",
+            "bound_service_account_names=istio-ca-sync",
+            "bound_service_account_namespaces=istio-system",
+            "token_policies=istio-ca-sync-nas",
+        ])
+        .ok();
+    let token_file = s.dir.write("sa.jwt", &jwt);
+    let kubeconfig = s.dir.path().join("kubeconfig");
+    let run = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_AUTH_MOUNT", "kubernetes-nas"),
+            ("VAULT_SA_TOKEN_PATH", token_file.to_str().unwrap()),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ],
+        s.dir.path(),
+    );
+    assert_exit(&run, 0);
+    assert!(s.cacerts().is_some());
+    assert!(!run.stderr.contains(&jwt));
+}
+
+#[test]
+fn without_a_cluster_it_writes_manifests() {
+    let s = Setup::new();
+    let out = s.dir.path().join("manifests");
+    let run = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
+        ],
+        s.dir.path(),
+    );
+    assert_exit(&run, 0);
+    let file = out.join("istio-system.cacerts.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("kind: Secret") && text.contains("ca-key.pem:"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
+        ],
+        s.dir.path(),
+    );
+    assert_exit(&again, 0);
+    assert_eq!(
+        again.messages().last().unwrap(),
+        "secrets in sync; nothing to do"
+    );
+}
+
+/// The fake API server refuses what the real one refuses, so the tests above cannot pass
+/// against a server more lenient than a cluster.
+#[test]
+fn the_fake_api_server_is_as_strict_as_a_real_one() {
+    let api = FakeApiServer::start();
+    api.create_namespace("istio-system");
+    api.issue_token("t", "istio-system", "istio-ca-sync");
+    api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+    let dir = Scratch::new();
+    let url = format!("{}/api/v1/namespaces/istio-system/secrets/cacerts", api.url);
+    let body =
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"cacerts"},"data":{"a":"YQ=="}}"#;
+    let request = |auth: bool, content_type: &str, query: &str, body: &str| -> u16 {
+        let mut args = vec![
+            "-s".to_owned(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "-X".into(),
+            "PATCH".into(),
+        ];
+        if auth {
+            args.extend(["-H".into(), "Authorization: Bearer t".into()]);
+        }
+        args.extend([
+            "-H".into(),
+            format!("Content-Type: {content_type}"),
+            "--data-binary".into(),
+            body.to_owned(),
+            format!("{url}{query}"),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::support::tools::run("curl", &args, dir.path())
+            .ok()
+            .stdout
+            .parse()
+            .unwrap()
+    };
+    let apply = "application/apply-patch+yaml";
+    assert_eq!(request(false, apply, "?fieldManager=a", body), 401);
+    assert_eq!(
+        request(
+            true,
+            "application/merge-patch+json",
+            "?fieldManager=a",
+            body
+        ),
+        415
+    );
+    assert_eq!(request(true, apply, "", body), 400);
+    assert_eq!(request(true, apply, "?fieldManager=a", body), 201);
+    let rv = api
+        .secret("istio-system", "cacerts")
+        .unwrap()
+        .resource_version;
+    assert_eq!(request(true, apply, "?fieldManager=a", body), 200);
+    assert_eq!(
+        api.secret("istio-system", "cacerts")
+            .unwrap()
+            .resource_version,
+        rv,
+        "a no-op apply bumped the resourceVersion"
+    );
+    let other =
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"cacerts"},"data":{"a":"Yg=="}}"#;
+    assert_eq!(request(true, apply, "?fieldManager=b", other), 409);
+    assert_eq!(
+        request(true, apply, "?fieldManager=b&force=true", other),
+        200
+    );
+    assert_eq!(
+        api.secret("istio-system", "cacerts").unwrap().data["a"],
+        b"b"
+    );
+    let bad =
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"cacerts"},"data":{"a":"%%%"}}"#;
+    assert_eq!(request(true, apply, "?fieldManager=a", bad), 400);
+}
