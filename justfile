@@ -32,6 +32,11 @@ bench-bootstrap runs="15":
 bench-clients n="1000":
     ./scripts/bench-client-issuer.sh {{n}}
 
+# nas-sync-job's no-drift re-sync against bao + curl + jq, on OpenBao and the fake API server.
+bench-sync:
+    cargo build --release --bins
+    JOB_PROFILE=release cargo bench -p integration-tests --bench nas_sync
+
 # Fuzz the untrusted-input parsers for a while (default 60 s). Needs cargo-fuzz; the stable
 # toolchain is told to accept the sanitizer flags.
 fuzz seconds="60":

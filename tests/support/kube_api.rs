@@ -316,6 +316,30 @@ fn route(request: &Request, state: &Mutex<State>) -> (u16, Value) {
         return secrets(request, state, namespace, name);
     }
     match (request.method.as_str(), path) {
+        // Discovery, as kubectl asks for it before its first request.
+        ("GET", "/api") => (
+            200,
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+        ),
+        ("GET", "/apis") => (
+            200,
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+                "name": "authentication.k8s.io",
+                "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
+            }]}),
+        ),
+        ("GET", "/api/v1") => (
+            200,
+            json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [{
+                "name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret",
+                "verbs": ["get", "patch"],
+            }]}),
+        ),
+        ("GET", "/version") => (
+            200,
+            json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}),
+        ),
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
             token_review(&request.body, state)
         }
