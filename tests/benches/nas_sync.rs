@@ -106,6 +106,6 @@ fn main() {
     println!(
         "ratio: {:.1}x faster, {:.1}x less memory",
         theirs.0 / ours.0,
-        theirs.1 as f64 / ours.1 as f64
+        f64::from(u32::try_from(theirs.1).unwrap()) / f64::from(u32::try_from(ours.1).unwrap())
     );
 }
