@@ -466,6 +466,55 @@ fn a_cluster_added_later_gets_only_its_own_bundle() {
 }
 
 #[test]
+fn an_intermediate_due_for_renewal_is_reissued_and_the_root_kept() {
+    let (bao, token) = server();
+    assert_exit(&run(&bao, &token, &[]), 0);
+    let root = bao.kv_field("istio/ca", "fingerprint");
+    let old = bao.kv_field("istio/clusters/nas", "ca-cert.pem");
+    // 731 days left is "due" for a 730-day intermediate: every cluster is renewed.
+    let renewed = run(&bao, &token, &[("RENEW_MIN_DAYS_LEFT", "731")]);
+    assert_exit(&renewed, 0);
+    assert_eq!(versions(&bao), [1, 2, 2]);
+    assert_eq!(
+        renewed.last_field("clusters").unwrap(),
+        "homelab=renewed (729d), nas=renewed (729d)"
+    );
+    assert_ne!(bao.kv_field("istio/clusters/nas", "ca-cert.pem"), old);
+    assert_eq!(bao.kv_field("istio/ca", "fingerprint"), root);
+    assert_exit(&run(&bao, &token, &[]), 0);
+    assert_eq!(
+        versions(&bao),
+        [1, 2, 2],
+        "a renewed bundle was renewed again"
+    );
+}
+
+/// Vault behind TLS (`bao server -dev-tls`): VAULT_CACERT makes it trusted; without it the
+/// connection is refused, not silently accepted.
+#[test]
+fn tls_is_verified_against_vault_cacert() {
+    let bao = OpenBao::start_tls();
+    let ca = bao.tls_ca.clone().unwrap();
+    let dir = Scratch::new();
+    let base = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+        ("VAULT_MAX_ATTEMPTS", "1"),
+    ];
+    let untrusted = run_job(JOB, &base, dir.path());
+    assert_exit(&untrusted, 4);
+    assert!(
+        untrusted.error().contains("cannot reach Vault"),
+        "{}",
+        untrusted.error()
+    );
+    let mut vars = base.to_vec();
+    vars.push(("VAULT_CACERT", ca.to_str().unwrap()));
+    assert_exit(&run_job(JOB, &vars, dir.path()), 0);
+    assert_eq!(bao.kv_version("istio/ca"), 1);
+}
+
+#[test]
 fn secrets_never_reach_the_logs() {
     let (bao, token) = server();
     let runs = [
@@ -512,7 +561,22 @@ fn invalid_existing_state_is_refused_without_a_write() {
     let other_key = other_root.key_pem();
     let nas_cert = bao.kv_field("istio/clusters/nas", "ca-cert.pem");
 
+    let leaf_dir = Scratch::new();
+    crate::support::tools::run(
+        "sh",
+        &["-ec", "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf-key.pem \\
+                  -out leaf.pem -subj /CN=leaf -days 30 -addext basicConstraints=critical,CA:FALSE 2>/dev/null"],
+        leaf_dir.path(),
+    )
+    .ok();
+    let leaf_cert = std::fs::read_to_string(leaf_dir.path().join("leaf.pem")).unwrap();
+    let leaf_key = std::fs::read_to_string(leaf_dir.path().join("leaf-key.pem")).unwrap();
     let cases: Vec<Case> = vec![
+        (
+            "istio/ca",
+            vec![("root-cert.pem", &leaf_cert), ("root-key.pem", &leaf_key)],
+            "invalid state at 'secret/istio/ca': root-cert.pem is not a CA certificate: basicConstraints does not say CA:TRUE",
+        ),
         (
             "istio/ca",
             vec![("root-cert.pem", &root_cert), ("root-key.pem", &nas_key)],

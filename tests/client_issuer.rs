@@ -525,3 +525,46 @@ fn a_reinstated_user_gets_a_new_certificate_and_the_old_one_stays_revoked() {
         "the revoked certificate came back"
     );
 }
+
+#[test]
+fn a_changed_profile_or_email_reissues_and_the_crl_is_refreshed_before_next_update() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[("CRL_VALIDITY_DAYS", "8")]), 0);
+    let alice_serial = s.bao.kv_field("pki/clients/alice", "serial");
+    s.clients("clients:\n  - name: alice\n    email: alice@example.org\n    profile: legacy\n  - name: bob\n    email: robert@example.org\n");
+    let changed = s.run(&[("CRL_VALIDITY_DAYS", "8")]);
+    assert_exit(&changed, 0);
+    assert_eq!(changed.last_field("renewed"), Some(2.into()));
+    assert_eq!(
+        s.versions(&["pki/clients/alice", "pki/clients/bob"]),
+        [2, 2]
+    );
+    assert_ne!(s.bao.kv_field("pki/clients/alice", "serial"), alice_serial);
+    assert_eq!(
+        s.bao.kv_field("pki/clients/alice", "profile").trim(),
+        "legacy"
+    );
+    assert_eq!(
+        s.bao.kv_field("pki/clients/bob", "email").trim(),
+        "robert@example.org"
+    );
+    assert_eq!(
+        s.bao.kv_field("pki/ca", "crl_number").trim(),
+        "1",
+        "re-issues revoke nothing"
+    );
+
+    // nextUpdate is 8 days away; re-sign once fewer than 9 days are left.
+    let refreshed = s.run(&[("CRL_VALIDITY_DAYS", "14"), ("CRL_RENEW_DAYS_LEFT", "9")]);
+    assert_exit(&refreshed, 0);
+    assert_eq!(refreshed.last_field("crl_signed"), Some(true.into()));
+    assert_eq!(s.bao.kv_field("pki/ca", "crl_number").trim(), "2");
+    let quiet = s.run(&[("CRL_VALIDITY_DAYS", "14"), ("CRL_RENEW_DAYS_LEFT", "9")]);
+    assert_eq!(
+        quiet.last_field("writes"),
+        Some(0.into()),
+        "{}",
+        quiet.stderr
+    );
+}

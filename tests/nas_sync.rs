@@ -409,3 +409,31 @@ fn the_fake_api_server_is_as_strict_as_a_real_one() {
         r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"cacerts"},"data":{"a":"%%%"}}"#;
     assert_eq!(request(true, apply, "?fieldManager=a", bad), 400);
 }
+
+#[test]
+fn an_unreachable_api_server_fails_after_bounded_retries() {
+    let s = Setup::new();
+    let dead = crate::support::openbao::free_port();
+    let dead_config = s
+        .api
+        .kubeconfig(SA_TOKEN)
+        .replace(&s.api.url, &format!("http://127.0.0.1:{dead}"));
+    let kubeconfig = s.dir.write("dead-kubeconfig", dead_config);
+    let run = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("KUBE_MAX_ATTEMPTS", "3"),
+        ],
+        s.dir.path(),
+    );
+    assert_exit(&run, 4);
+    let error = run.error();
+    assert!(
+        error.contains("read secret 'istio-system/cacerts' failed: cannot reach the API server"),
+        "{error}"
+    );
+    assert!(error.ends_with("(after 3 attempts)"), "{error}");
+}

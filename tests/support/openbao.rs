@@ -51,28 +51,50 @@ pub struct OpenBao {
     child: Option<Child>,
     pub addr: String,
     pub dir: Scratch,
+    /// With `start_tls`: the CA that signed the server's certificate.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl OpenBao {
     /// Starts a dev server (KV v2 at `secret/`) and waits until it answers, at most 20 s.
     pub fn start() -> Self {
         for _ in 0..3 {
-            if let Some(bao) = Self::try_start() {
+            if let Some(bao) = Self::try_start(false) {
                 return bao;
             }
         }
         panic!("OpenBao dev server did not start");
     }
 
-    fn try_start() -> Option<Self> {
+    /// A dev server behind TLS with a certificate from its own CA (`-dev-tls`).
+    pub fn start_tls() -> Self {
+        for _ in 0..3 {
+            if let Some(bao) = Self::try_start(true) {
+                return bao;
+            }
+        }
+        panic!("OpenBao dev server with TLS did not start");
+    }
+
+    fn try_start(tls: bool) -> Option<Self> {
         let port = free_port();
-        let addr = format!("http://127.0.0.1:{port}");
+        let addr = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
         let dir = Scratch::new();
+        let tls_dir = dir.path().join("tls");
+        std::fs::create_dir_all(&tls_dir).unwrap();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
         let child = Command::new(bao_bin())
             .args(["server", "-dev", "-dev-no-store-token", "-log-level=debug"])
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .args(if tls {
+                vec![
+                    "-dev-tls".to_owned(),
+                    format!("-dev-tls-cert-dir={}", tls_dir.display()),
+                ]
+            } else {
+                Vec::new()
+            })
             .env_clear()
             .env("HOME", dir.path())
             .stdin(Stdio::null())
@@ -80,10 +102,12 @@ impl OpenBao {
             .stderr(log)
             .spawn()
             .expect("start bao server -dev");
+        let tls_ca = tls.then(|| tls_dir.join("vault-ca.pem"));
         let mut bao = Self {
             child: Some(child),
             addr,
             dir,
+            tls_ca,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -110,9 +134,13 @@ impl OpenBao {
     }
 
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Ran {
-        let output = Command::new(bao_bin())
+        let mut command = Command::new(bao_bin());
+        command.env_clear();
+        if let Some(ca) = &self.tls_ca {
+            command.env("VAULT_CACERT", ca);
+        }
+        let output = command
             .args(args)
-            .env_clear()
             .env("VAULT_ADDR", &self.addr)
             .env("VAULT_TOKEN", token)
             .env("HOME", self.dir.path())
