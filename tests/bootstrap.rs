@@ -489,7 +489,7 @@ fn an_intermediate_due_for_renewal_is_reissued_and_the_root_kept() {
     );
 }
 
-/// Vault behind TLS (`bao server -dev-tls`): VAULT_CACERT makes it trusted; without it the
+/// Vault behind TLS (`bao server -dev-tls`): `VAULT_CACERT` makes it trusted; without it the
 /// connection is refused, not silently accepted.
 #[test]
 fn tls_is_verified_against_vault_cacert() {
@@ -537,6 +537,20 @@ fn secrets_never_reach_the_logs() {
     }
 }
 
+/// A self-signed certificate that is not a CA, made by openssl, with its key.
+fn self_signed_leaf() -> (String, String) {
+    let leaf_dir = Scratch::new();
+    crate::support::tools::run(
+        "sh",
+        &["-ec", "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf-key.pem \\
+                  -out leaf.pem -subj /CN=leaf -days 30 -addext basicConstraints=critical,CA:FALSE 2>/dev/null"],
+        leaf_dir.path(),
+    )
+    .ok();
+    let read = |name: &str| std::fs::read_to_string(leaf_dir.path().join(name)).unwrap();
+    (read("leaf.pem"), read("leaf-key.pem"))
+}
+
 /// (path, fields written, expected error prefix)
 type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
 
@@ -561,16 +575,7 @@ fn invalid_existing_state_is_refused_without_a_write() {
     let other_key = other_root.key_pem();
     let nas_cert = bao.kv_field("istio/clusters/nas", "ca-cert.pem");
 
-    let leaf_dir = Scratch::new();
-    crate::support::tools::run(
-        "sh",
-        &["-ec", "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf-key.pem \\
-                  -out leaf.pem -subj /CN=leaf -days 30 -addext basicConstraints=critical,CA:FALSE 2>/dev/null"],
-        leaf_dir.path(),
-    )
-    .ok();
-    let leaf_cert = std::fs::read_to_string(leaf_dir.path().join("leaf.pem")).unwrap();
-    let leaf_key = std::fs::read_to_string(leaf_dir.path().join("leaf-key.pem")).unwrap();
+    let (leaf_cert, leaf_key) = self_signed_leaf();
     let cases: Vec<Case> = vec![
         (
             "istio/ca",
@@ -618,12 +623,13 @@ fn invalid_existing_state_is_refused_without_a_write() {
         );
         assert_eq!(versions(&bao), before, "something was written");
     }
+}
 
-    // A cluster bundle from another root, under a valid stored root.
-    bao.kv_put(
-        "istio/ca",
-        &[("root-cert.pem", &root_cert), ("root-key.pem", &root_key)],
-    );
+#[test]
+fn a_cluster_bundle_from_another_root_is_refused() {
+    let (bao, token) = server();
+    assert_exit(&run(&bao, &token, &[]), 0);
+    // A cluster bundle from another root, under the valid stored root.
     let edge = pki_core::istio::issue_cluster_bundle(
         &pki_core::istio::generate_istio_root(
             &pki_core::istio::IstioCaParams::default(),
