@@ -8,3 +8,4 @@ mod client_issuer;
 mod nas_sync;
 mod pki_interop;
 mod support;
+mod vault_policies;

@@ -1,0 +1,237 @@
+//! `vault/setup.sh` and `vault/policies/*.hcl` loaded into real OpenBao servers (a homelab
+//! Vault and a NAS Vault, each cluster with its own JWT auth mount), then every role logged in
+//! with a service-account token and its reach checked path by path: least privilege, no reader
+//! near a private CA key it does not deliver, and each job able to do its work.
+
+use std::path::Path;
+
+use crate::support::jobs::run_job;
+use crate::support::openbao::{OpenBao, TokenIssuer, workspace_root};
+use crate::support::tools::{Ran, Scratch};
+
+/// Runs `vault/setup.sh SITE` against `bao` with JWT auth for both clusters.
+fn setup(bao: &OpenBao, site: &str, homelab_keys: &Path, nas_keys: &Path) -> Ran {
+    let script = workspace_root().join("vault/setup.sh");
+    bao.shell(&format!(
+        "HOMELAB_AUTH=jwt NAS_AUTH=jwt HOMELAB_JWT_KEYS_FILE={} NAS_JWT_KEYS_FILE={} {} {site}",
+        homelab_keys.display(),
+        nas_keys.display(),
+        script.display()
+    ))
+}
+
+/// Logs in through `mount` as `role` with `jwt`; the Vault token, or `None` when refused.
+fn login(bao: &OpenBao, mount: &str, role: &str, jwt: &str) -> Option<String> {
+    let ran = bao.cli(&[
+        "write",
+        "-field=token",
+        &format!("auth/{mount}/login"),
+        &format!("role={role}"),
+        &format!("jwt={jwt}"),
+    ]);
+    ran.success.then(|| ran.stdout.trim().to_owned())
+}
+
+fn can_read(bao: &OpenBao, token: &str, path: &str) -> bool {
+    bao.cli_as(token, &["kv", "get", "-mount=secret", path])
+        .success
+}
+
+fn can_write(bao: &OpenBao, token: &str, path: &str) -> bool {
+    bao.cli_as(token, &["kv", "put", "-mount=secret", path, "probe=1"])
+        .success
+}
+
+struct Clusters {
+    dir: Scratch,
+    homelab: TokenIssuer,
+    nas: TokenIssuer,
+}
+
+impl Clusters {
+    fn new() -> Self {
+        let dir = Scratch::new();
+        let homelab_dir = Scratch::new();
+        let nas_dir = Scratch::new();
+        let homelab = TokenIssuer::new(&homelab_dir);
+        let nas = TokenIssuer::new(&nas_dir);
+        dir.write("homelab.pub", &homelab.public_key_pem);
+        dir.write("nas.pub", &nas.public_key_pem);
+        Self { dir, homelab, nas }
+    }
+
+    fn keys(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        (
+            self.dir.path().join("homelab.pub"),
+            self.dir.path().join("nas.pub"),
+        )
+    }
+}
+
+#[test]
+fn the_homelab_vault_gives_each_role_only_its_paths() {
+    let clusters = Clusters::new();
+    let (homelab_keys, nas_keys) = clusters.keys();
+    let bao = OpenBao::start();
+    setup(&bao, "homelab", &homelab_keys, &nas_keys).ok();
+    // Idempotent: a second run changes nothing and succeeds.
+    setup(&bao, "homelab", &homelab_keys, &nas_keys).ok();
+
+    // The bootstrap Job, with its role, creates the CA for real.
+    let jwt = clusters.homelab.token("istio-system", "istio-ca-bootstrap");
+    let jwt_file = clusters.dir.write("bootstrap.jwt", &jwt);
+    let boot = run_job(
+        "bootstrap-job",
+        &[
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_AUTH_METHOD", "jwt"),
+            ("VAULT_SA_TOKEN_PATH", jwt_file.to_str().unwrap()),
+        ],
+        clusters.dir.path(),
+    );
+    assert_eq!(boot.code, 0, "{}", boot.stderr);
+    let bootstrap = login(&bao, "jwt", "istio-ca-bootstrap", &jwt).unwrap();
+    assert!(
+        can_read(&bao, &bootstrap, "istio/ca") && can_read(&bao, &bootstrap, "istio/clusters/nas")
+    );
+    assert!(!can_read(&bao, &bootstrap, "pki/issuer"));
+
+    let reader = login(
+        &bao,
+        "jwt",
+        "istio-ca-reader",
+        &clusters
+            .homelab
+            .token("external-secrets", "external-secrets"),
+    )
+    .unwrap();
+    assert!(can_read(&bao, &reader, "istio/clusters/homelab"));
+    for path in ["istio/ca", "istio/clusters/nas"] {
+        assert!(
+            !can_read(&bao, &reader, path),
+            "the homelab reader can read {path}"
+        );
+    }
+    assert!(!can_write(&bao, &reader, "istio/clusters/homelab"));
+
+    let sync = login(
+        &bao,
+        "jwt-nas",
+        "istio-ca-sync",
+        &clusters.nas.token("istio-system", "istio-ca-sync"),
+    )
+    .unwrap();
+    assert!(can_read(&bao, &sync, "istio/clusters/nas"));
+    for path in ["istio/ca", "istio/clusters/homelab"] {
+        assert!(
+            !can_read(&bao, &sync, path),
+            "the NAS sync role can read {path}"
+        );
+    }
+    assert!(!can_write(&bao, &sync, "istio/clusters/nas"));
+
+    // Each cluster's tokens work only through its own mount, and only for the bound account.
+    assert_eq!(
+        login(
+            &bao,
+            "jwt",
+            "istio-ca-sync",
+            &clusters.nas.token("istio-system", "istio-ca-sync")
+        ),
+        None
+    );
+    assert_eq!(
+        login(
+            &bao,
+            "jwt-nas",
+            "istio-ca-sync",
+            &clusters.homelab.token("istio-system", "istio-ca-sync")
+        ),
+        None
+    );
+    assert_eq!(
+        login(
+            &bao,
+            "jwt",
+            "istio-ca-bootstrap",
+            &clusters.homelab.token("default", "istio-ca-bootstrap")
+        ),
+        None
+    );
+}
+
+#[test]
+fn the_nas_vault_gives_each_role_only_its_paths() {
+    let clusters = Clusters::new();
+    let (homelab_keys, nas_keys) = clusters.keys();
+    let bao = OpenBao::start();
+    setup(&bao, "nas", &homelab_keys, &nas_keys).ok();
+
+    let jwt = clusters.nas.token("pki", "client-issuer");
+    let jwt_file = clusters.dir.write("issuer.jwt", &jwt);
+    let clients = clusters.dir.write(
+        "clients.yaml",
+        "clients:\n  - name: alice\n    email: alice@example.org\n",
+    );
+    let issued = run_job(
+        "client-issuer-job",
+        &[
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_AUTH_METHOD", "jwt"),
+            ("VAULT_SA_TOKEN_PATH", jwt_file.to_str().unwrap()),
+            ("CLIENTS_FILE", clients.to_str().unwrap()),
+        ],
+        clusters.dir.path(),
+    );
+    assert_eq!(issued.code, 0, "{}", issued.stderr);
+    // The removal path lists users: a second run with nobody declared revokes alice.
+    clusters.dir.write("clients.yaml", "clients: []\n");
+    let revoking = run_job(
+        "client-issuer-job",
+        &[
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_AUTH_METHOD", "jwt"),
+            ("VAULT_SA_TOKEN_PATH", jwt_file.to_str().unwrap()),
+            ("CLIENTS_FILE", clients.to_str().unwrap()),
+        ],
+        clusters.dir.path(),
+    );
+    assert_eq!(revoking.code, 0, "{}", revoking.stderr);
+    assert_eq!(
+        bao.kv_field("pki/clients/alice", "status").trim(),
+        "revoked"
+    );
+
+    // The seed's ESO token.
+    let eso = bao
+        .cli(&[
+            "token",
+            "create",
+            "-field=token",
+            "-policy=eso-pki-reader",
+            "-ttl=1h",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    assert!(can_read(&bao, &eso, "pki/ca"));
+    for path in ["pki/issuer", "pki/clients/alice"] {
+        assert!(
+            !can_read(&bao, &eso, path),
+            "the ESO reader can read {path}"
+        );
+    }
+    assert!(!can_write(&bao, &eso, "pki/ca"));
+    let issuer = login(&bao, "jwt", "client-issuer", &jwt).unwrap();
+    assert!(!can_read(&bao, &issuer, "istio/ca"));
+    assert_eq!(
+        login(
+            &bao,
+            "jwt",
+            "client-issuer",
+            &clusters.homelab.token("pki", "client-issuer")
+        ),
+        None
+    );
+}

@@ -1,0 +1,8 @@
+# Homelab Vault. The bootstrap Job: creates and renews the Istio CA. The only role that reads
+# the root key. Create-only and check-and-set writes need create + update.
+path "secret/data/istio/ca" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/data/istio/clusters/*" {
+  capabilities = ["create", "read", "update"]
+}
