@@ -223,8 +223,8 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
         );
     }
     assert!(!can_write(&bao, &eso, "pki/ca"));
-    let issuer = login(&bao, "jwt", "client-issuer", &jwt).unwrap();
-    assert!(!can_read(&bao, &issuer, "istio/ca"));
+    let issuer_token = login(&bao, "jwt", "client-issuer", &jwt).unwrap();
+    assert!(!can_read(&bao, &issuer_token, "istio/ca"));
     assert_eq!(
         login(
             &bao,
