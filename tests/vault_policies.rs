@@ -102,7 +102,7 @@ fn the_homelab_vault_gives_each_role_only_its_paths() {
         "istio-ca-reader",
         &clusters
             .homelab
-            .token("external-secrets", "external-secrets"),
+            .token("istio-system", "istio-cacerts-reader"),
     )
     .unwrap();
     assert!(can_read(&bao, &reader, "istio/clusters/homelab"));

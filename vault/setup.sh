@@ -10,7 +10,7 @@
 # Vault `kubernetes` (homelab) and `kubernetes-nas` (NAS cluster), or `jwt`/`jwt-nas`; in the
 # NAS Vault `kubernetes` (or `jwt`). Roles:
 #   homelab Vault: istio-ca-bootstrap (istio-system/istio-ca-bootstrap),
-#                  istio-ca-reader (external-secrets/external-secrets, the homelab SecretStore),
+#                  istio-ca-reader (istio-system/istio-cacerts-reader, the homelab SecretStore),
 #                  istio-ca-sync on the NAS mount (istio-system/istio-ca-sync)
 #   NAS Vault:     client-issuer (pki/client-issuer)
 #   HOMELAB_AUTH / NAS_AUTH        kubernetes | jwt                       [kubernetes]
@@ -80,7 +80,7 @@ case $site in
     for p in istio-ca-bootstrap istio-ca-reader-homelab istio-ca-sync-nas; do policy "$p"; done
     read -r mount method < <(auth_mount homelab "")
     role "$mount" "$method" istio-ca-bootstrap istio-system istio-ca-bootstrap istio-ca-bootstrap
-    role "$mount" "$method" istio-ca-reader external-secrets external-secrets istio-ca-reader-homelab
+    role "$mount" "$method" istio-ca-reader istio-system istio-cacerts-reader istio-ca-reader-homelab
     read -r mount method < <(auth_mount nas -nas)
     role "$mount" "$method" istio-ca-sync istio-system istio-ca-sync istio-ca-sync-nas
     ;;
