@@ -15,6 +15,9 @@ declare -A wanted=(
   [curl]=curl
   [/usr/bin/time]=time
   [prometheus-pushgateway]=prometheus-pushgateway
+  [promtool]=prometheus
+  [kubectl]=kubernetes-client
+  [npm]=npm
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -37,3 +40,17 @@ if ! { [ -x "$bao" ] && "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"
   chmod +x "$bao"
 fi
 "$bao" version >&2
+
+# Schema checks of the manifests: Python's kubernetes-validate (core kinds, strict) and the
+# npm kubernetes-models packages (core and CRD kinds), both pinned, both inside the checkout.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! PYTHONPATH=.tools/kubernetes-validate python3 -c "import kubernetes_validate, sys; sys.exit(kubernetes_validate.__version__ != '$KUBERNETES_VALIDATE_VERSION')" 2>/dev/null; then
+  echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into .tools/kubernetes-validate" >&2
+  rm -rf .tools/kubernetes-validate
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --target .tools/kubernetes-validate "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+if [ ! -d tests/schema/node_modules ] || [ tests/schema/package-lock.json -nt tests/schema/node_modules ]; then
+  echo "installing the schema packages into tests/schema/node_modules" >&2
+  (cd tests/schema && npm ci --cache ../../.tools/npm-cache --no-audit --no-fund --loglevel=error)
+fi
