@@ -37,6 +37,14 @@ bench-sync:
     cargo build --release --bins
     JOB_PROFILE=release cargo bench -p integration-tests --bench nas_sync
 
+# Build the three job images with buildah (no Docker engine or registry needed).
+images tag="dev":
+    ./scripts/build-images.sh {{tag}}
+
+# Load the policies and roles into a Vault (VAULT_ADDR, VAULT_TOKEN): homelab or nas.
+vault-setup site:
+    ./vault/setup.sh {{site}}
+
 # Fuzz the untrusted-input parsers for a while (default 60 s). Needs cargo-fuzz; the stable
 # toolchain is told to accept the sanitizer flags.
 fuzz seconds="60":

@@ -18,6 +18,10 @@ declare -A wanted=(
   [promtool]=prometheus
   [kubectl]=kubernetes-client
   [npm]=npm
+  [buildah]=buildah
+  [podman]=podman
+  [runc]=runc
+  [musl-gcc]=musl-tools
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -40,6 +44,8 @@ if ! { [ -x "$bao" ] && "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"
   chmod +x "$bao"
 fi
 "$bao" version >&2
+
+grep -qx x86_64-unknown-linux-musl <<<"$(rustup target list --installed)" || rustup target add x86_64-unknown-linux-musl
 
 # Schema checks of the manifests: Python's kubernetes-validate (core kinds, strict) and the
 # npm kubernetes-models packages (core and CRD kinds), both pinned, both inside the checkout.

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Every test, from a fresh checkout: installs the test peers, then checks formatting, lints
-# and runs the whole workspace's tests (unit tests, and the integration binary in tests/
-# that starts OpenBao and HAProxy on free loopback ports and drives openssl and keytool).
+# Every test, from a fresh checkout: installs the test peers, then checks formatting, lints,
+# builds the job images, and runs the whole workspace's tests (unit tests, and the integration
+# binary in tests/ that starts OpenBao, HAProxy, a Pushgateway and a fake Kubernetes API on
+# free loopback ports, drives openssl, keytool, kubectl, promtool and podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-test-peers.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The integration tests run the job binaries as a Pod would.
+# The integration tests run the job binaries as a Pod would, and the images as Kubernetes would.
 cargo build --workspace --bins --locked
+./scripts/build-images.sh test
 cargo test --workspace --locked

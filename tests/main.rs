@@ -5,6 +5,7 @@
 
 mod bootstrap;
 mod client_issuer;
+mod images;
 mod manifests;
 mod nas_sync;
 mod pki_interop;
