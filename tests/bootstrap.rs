@@ -352,6 +352,23 @@ fn a_policy_without_write_access_writes_nothing() {
 }
 
 #[test]
+fn a_missing_kv_mount_is_named_not_mistaken_for_an_empty_store() {
+    let bao = OpenBao::start();
+    let refused = run(
+        &bao,
+        crate::support::openbao::ROOT_TOKEN,
+        &[("VAULT_KV_MOUNT", "kv")],
+    );
+    assert_exit(&refused, 1);
+    let error = refused.error();
+    assert!(
+        error.starts_with("read 'kv/istio/clusters/homelab' was refused: Vault answered 404: "),
+        "{error}"
+    );
+    assert!(error.contains("no handler for route"), "{error}");
+}
+
+#[test]
 fn an_unreachable_vault_fails_after_bounded_retries() {
     let addr = format!("http://127.0.0.1:{}", free_port());
     let dir = Scratch::new();

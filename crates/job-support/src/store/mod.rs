@@ -124,6 +124,17 @@ pub enum StoreError {
         /// Whether this was a login (authentication) rather than a policy refusal.
         login: bool,
     },
+    /// Vault refused the request for a reason retrying cannot fix (a 4xx other than 403: no
+    /// such mount, a malformed request).
+    #[error("{operation} '{path}' was refused: {detail}")]
+    Refused {
+        /// `read`, `write`, `list`.
+        operation: &'static str,
+        /// Mount and path.
+        path: String,
+        /// Vault's answer, its `errors` array included.
+        detail: String,
+    },
     /// The store answered with something that is not a KV v2 entry of string fields.
     #[error("{operation} '{path}' failed: {detail}")]
     Malformed {
@@ -145,6 +156,7 @@ impl StoreError {
             Self::Denied { login: true, .. } => Failure::Auth,
             Self::Denied { login: false, .. } => Failure::Denied,
             Self::Malformed { .. } => Failure::InvalidState,
+            Self::Refused { .. } => Failure::Other,
         }
     }
 }

@@ -244,7 +244,9 @@ impl SecretStore for VaultStore {
                 })?;
             match vaultrs::api::exec_with_result(&self.client, endpoint).await {
                 Ok(response) => Ok(Some(response)),
-                Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+                // KV v2 answers a missing entry with 404 and no errors; a 404 with errors is
+                // Vault saying there is no such mount ("no handler for route").
+                Err(ClientError::APIError { code: 404, errors }) if errors.is_empty() => Ok(None),
                 Err(e) => Err(e),
             }
         })
@@ -275,7 +277,9 @@ impl SecretStore for VaultStore {
         let keys = retry(self.settings.max_attempts, "list", &label, || async {
             match vaultrs::kv2::list(&self.client, mount, prefix).await {
                 Ok(keys) => Ok(keys),
-                Err(ClientError::APIError { code: 404, .. }) => Ok(Vec::new()),
+                Err(ClientError::APIError { code: 404, errors }) if errors.is_empty() => {
+                    Ok(Vec::new())
+                }
                 Err(e) => Err(e),
             }
         })
@@ -380,7 +384,7 @@ impl Failed {
                 detail,
                 login: false,
             },
-            Self::Final(detail) => StoreError::Malformed {
+            Self::Final(detail) => StoreError::Refused {
                 operation,
                 path: path.to_owned(),
                 detail,
