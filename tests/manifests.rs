@@ -187,7 +187,8 @@ fn every_object_validates_against_its_schema() {
     }
 }
 
-/// The validators bite: a misspelt field, a wrong type and an unknown kind are all refused.
+/// The validators bite: a misspelt field (core and CRD), a wrong type and an unknown kind are
+/// all refused.
 #[test]
 fn the_schema_check_refuses_broken_objects() {
     let job: Value = serde_json::json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
@@ -200,6 +201,14 @@ fn the_schema_check_refuses_broken_objects() {
         schema_problems(&[helm])
             .expect("a wrong type passed")
             .contains("interval")
+    );
+    let misspelt: Value = serde_json::json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": "x", "namespace": "y"},
+        "spec": {"secretStoreRef": {"name": "vault", "kind": "SecretStore"}, "data": [{"secretKey": "k", "remoteRef": {"key": "a", "propertyy": "b"}}]}});
+    assert!(
+        schema_problems(&[misspelt])
+            .expect("a misspelt CRD field passed")
+            .contains("spec.data[0].remoteRef.propertyy: unknown field")
     );
     let unknown: Value = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}});
     assert!(

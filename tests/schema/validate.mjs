@@ -1,8 +1,10 @@
 // Validates Kubernetes objects (a JSON array on stdin) against the schemas of their kinds,
 // from pinned npm packages: kubernetes-models for core kinds, @kubernetes-models/* for the
-// Flux, External Secrets and Prometheus Operator CRDs. Unknown fields are errors, and so is a
-// kind with no schema. Prints one line per problem; exits 1 if there is any.
+// Flux, External Secrets and Prometheus Operator CRDs. Unknown fields are errors (checked
+// against the packages' TypeScript types, see strict.mjs), and so is a kind with no schema.
+// Prints one line per problem; exits 1 if there is any.
 import { readFileSync } from "node:fs";
+import { unknownFields } from "./strict.mjs";
 
 const packages = {
   "kustomize.toolkit.fluxcd.io": "@kubernetes-models/flux-cd",
@@ -12,16 +14,9 @@ const packages = {
   "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
 };
 
-// The generated schemas allow unknown properties; a manifest with a misspelt field must fail.
-function unknownFields(value, schemaProps, path, problems) {
-  if (!schemaProps || typeof value !== "object" || value === null || Array.isArray(value)) return;
-  for (const key of Object.keys(value)) {
-    if (!(key in schemaProps)) problems.push(`${path}.${key}: unknown field`);
-  }
-}
-
 const objects = JSON.parse(readFileSync(0, "utf8"));
 const problems = [];
+const typed = [];
 for (const object of objects) {
   const label = `${object.kind} ${object.metadata?.namespace ?? ""}/${object.metadata?.name}`;
   const [group, version] = object.apiVersion.includes("/") ? object.apiVersion.split("/") : ["", object.apiVersion];
@@ -43,6 +38,8 @@ for (const object of objects) {
   } catch (e) {
     problems.push(`${label}: ${e.message}`);
   }
+  typed.push({ module, exportName: object.kind, object, label });
 }
+problems.push(...unknownFields(typed));
 for (const p of problems) console.log(p);
 process.exit(problems.length ? 1 : 0);
