@@ -1,7 +1,9 @@
 //! The bootstrap job's configuration: the shared store variables, plus where the Istio CA
 //! lives, which clusters get an intermediate, and how certificates look and renew.
 
-use job_support::config::{ConfigError, StoreConfig, parse_number, raw_from_vars};
+use job_support::config::{
+    ConfigError, StoreConfig, kv_path, non_blank, parse_number, raw_from_vars,
+};
 use pki_core::istio::IstioCaParams;
 use pki_core::time::Duration;
 use pki_core::{KeyAlgorithm, RenewalPolicy};
@@ -56,10 +58,7 @@ impl Config {
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
         let raw: RawBootstrapConfig = raw_from_vars(vars)?;
-        let mount = match &store.location {
-            job_support::StoreLocation::Vault(v) => v.kv_mount.clone(),
-            job_support::StoreLocation::Local { mount, .. } => mount.clone(),
-        };
+        let mount = store.kv_mount().to_owned();
         let root_path = kv_path("ISTIO_CA_PATH", raw.istio_ca_path, "istio/ca")?;
         let clusters_path = kv_path(
             "ISTIO_CLUSTERS_PATH",
@@ -108,16 +107,11 @@ impl Config {
             30,
             0..=36_500,
         )?;
-        let non_empty = |variable: &'static str, value: Option<String>, default: &str| match value {
-            Some(v) if v.trim().is_empty() => Err(ConfigError::new(variable, "must not be blank")),
-            Some(v) => Ok(v),
-            None => Ok(default.to_owned()),
-        };
         let ca = IstioCaParams {
             key_algorithm,
-            organization: non_empty("ISTIO_ORGANIZATION", raw.istio_organization, "Istio")?,
-            root_common_name: non_empty("ISTIO_ROOT_CN", raw.istio_root_cn, "Root CA")?,
-            intermediate_common_name: non_empty(
+            organization: non_blank("ISTIO_ORGANIZATION", raw.istio_organization, "Istio")?,
+            root_common_name: non_blank("ISTIO_ROOT_CN", raw.istio_root_cn, "Root CA")?,
+            intermediate_common_name: non_blank(
                 "ISTIO_INTERMEDIATE_CN",
                 raw.istio_intermediate_cn,
                 "Intermediate CA",
@@ -140,26 +134,6 @@ impl Config {
                 renewal,
             },
         })
-    }
-}
-
-fn kv_path(
-    variable: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<String, ConfigError> {
-    let path = value.unwrap_or_else(|| default.to_owned());
-    let valid = !path.is_empty()
-        && path
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.starts_with('.'));
-    if valid {
-        Ok(path)
-    } else {
-        Err(ConfigError::new(
-            variable,
-            format!("'{path}' is not a relative KV path such as {default}"),
-        ))
     }
 }
 

@@ -8,8 +8,9 @@ mod converge;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use job_support::exit::{Failure, report};
-use job_support::{SecretStore, logging};
+use job_support::SecretStore;
+use job_support::cli::{JobInfo, block_on, main_with};
+use job_support::exit::Failure;
 use pki_core::time::OffsetDateTime;
 use tracing::info;
 
@@ -18,65 +19,42 @@ use crate::converge::{ClusterAction, converge};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("-h" | "--help") => {
-            println!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Some("-V" | "--version") => {
-            println!("bootstrap-job {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!(
-                "bootstrap-job: unexpected argument '{other}'; it is configured through the environment (see --help)"
-            );
-            return Failure::Config.into();
-        }
-        None => {}
-    }
-    let config = match Config::from_vars(std::env::vars().collect()) {
-        Ok(config) => config,
-        Err(e) => {
-            logging::init(logging::LogFormat::Auto, None);
-            return report(&e.into());
-        }
-    };
-    logging::init(config.store.log_format, config.store.log_filter.as_deref());
-    match run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e),
-    }
+    main_with(
+        JobInfo {
+            name: "bootstrap-job",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        &args,
+        help,
+        || Config::from_vars(std::env::vars().collect()),
+        |config| &config.store,
+        |config| block_on(run(config)),
+    )
 }
 
-fn run(config: &Config) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let store = config.store.open().await?;
-        let outcome = converge(&store, &config.plan, OffsetDateTime::now_utc()).await?;
-        let clusters: Vec<String> = outcome
-            .clusters
-            .iter()
-            .map(|c| format!("{}={} ({}d)", c.cluster, action_name(c.action), c.days_left))
-            .collect();
-        let message = if outcome.writes() == 0 {
-            "istio CA verified; nothing to do"
-        } else {
-            "istio CA converged"
-        };
-        info!(
-            store = %store.describe(),
-            root_fingerprint = %outcome.root_fingerprint,
-            root_days_left = outcome.root_days_left,
-            root_created = outcome.root_created,
-            clusters = %clusters.join(", "),
-            writes = outcome.writes(),
-            "{message}"
-        );
-        Ok(())
-    })
+async fn run(config: &Config) -> Result<()> {
+    let store = config.store.open().await?;
+    let outcome = converge(&store, &config.plan, OffsetDateTime::now_utc()).await?;
+    let clusters: Vec<String> = outcome
+        .clusters
+        .iter()
+        .map(|c| format!("{}={} ({}d)", c.cluster, action_name(c.action), c.days_left))
+        .collect();
+    let message = if outcome.writes() == 0 {
+        "istio CA verified; nothing to do"
+    } else {
+        "istio CA converged"
+    };
+    info!(
+        store = %store.describe(),
+        root_fingerprint = %outcome.root_fingerprint,
+        root_days_left = outcome.root_days_left,
+        root_created = outcome.root_created,
+        clusters = %clusters.join(", "),
+        writes = outcome.writes(),
+        "{message}"
+    );
+    Ok(())
 }
 
 fn action_name(action: ClusterAction) -> &'static str {

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use job_support::config::{ConfigError, StoreConfig, parse_number, raw_from_vars};
+use job_support::config::{
+    ConfigError, StoreConfig, kv_path, non_blank, parse_number, raw_from_vars,
+};
 use pki_core::time::Duration;
 use pki_core::{Certificate, Crl, KeyAlgorithm, Pkcs12Profile, RenewalPolicy};
 use serde::Deserialize;
@@ -122,10 +124,7 @@ impl Config {
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
         let raw: RawIssuerConfig = raw_from_vars(vars)?;
-        let mount = match &store.location {
-            job_support::StoreLocation::Vault(v) => v.kv_mount.clone(),
-            job_support::StoreLocation::Local { mount, .. } => mount.clone(),
-        };
+        let mount = store.kv_mount().to_owned();
         let pki = pki_settings(&raw, mount)?;
         let pushgateway = match raw.pushgateway_url {
             None => None,
@@ -139,7 +138,7 @@ impl Config {
                         format!("'{url}' is not an http(s) URL"),
                     ));
                 }
-                let job = text("PUSHGATEWAY_JOB", raw.pushgateway_job, "client-issuer")?;
+                let job = non_blank("PUSHGATEWAY_JOB", raw.pushgateway_job, "client-issuer")?;
                 Some((url.trim_end_matches('/').to_owned(), job))
             }
         };
@@ -153,18 +152,6 @@ impl Config {
             pki,
             pushgateway,
         })
-    }
-}
-
-fn text(
-    variable: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<String, ConfigError> {
-    match value {
-        Some(v) if v.trim().is_empty() => Err(ConfigError::new(variable, "must not be blank")),
-        Some(v) => Ok(v),
-        None => Ok(default.to_owned()),
     }
 }
 
@@ -223,12 +210,12 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             "CLIENT_CA_KEY_ALGORITHM",
             raw.client_ca_key_algorithm.as_deref(),
         )?,
-        ca_organization: text(
+        ca_organization: non_blank(
             "CLIENT_CA_ORGANIZATION",
             raw.client_ca_organization.clone(),
             "NAS",
         )?,
-        ca_common_name: text("CLIENT_CA_CN", raw.client_ca_cn.clone(), "Client CA")?,
+        ca_common_name: non_blank("CLIENT_CA_CN", raw.client_ca_cn.clone(), "Client CA")?,
         ca_validity: Duration::days(parse_number(
             "CLIENT_CA_VALIDITY_DAYS",
             raw.client_ca_validity_days.as_deref(),
@@ -263,26 +250,6 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             raw.legacy_crl_files.as_deref(),
         )?,
     })
-}
-
-fn kv_path(
-    variable: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<String, ConfigError> {
-    let path = value.unwrap_or_else(|| default.to_owned());
-    let valid = !path.is_empty()
-        && path
-            .split('/')
-            .all(|s| !s.is_empty() && !s.starts_with('.'));
-    if valid {
-        Ok(path)
-    } else {
-        Err(ConfigError::new(
-            variable,
-            format!("'{path}' is not a relative KV path such as {default}"),
-        ))
-    }
 }
 
 fn file_list(value: Option<&str>) -> Vec<PathBuf> {

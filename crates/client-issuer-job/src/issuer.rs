@@ -226,15 +226,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                     self.revoke(name, entry, RevocationReason::CessationOfOperation)
                         .await?
                 }
-                (None, Stored::Present(entry)) => {
-                    let action = if entry.revoked.is_some() {
-                        ClientAction::StillRevoked
-                    } else {
-                        ClientAction::Kept
-                    };
-                    Some(entry.status(name, action))
-                }
-                (None, Stored::Absent { .. }) => None,
+                (None, state) => state.unchanged_status(name),
             };
             statuses.extend(status);
         }
@@ -260,17 +252,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             .await?;
         let mut statuses: Vec<ClientStatus> = stored
             .iter()
-            .filter_map(|(name, s)| match s {
-                Stored::Present(e) => Some(e.status(
-                    name,
-                    if e.revoked.is_some() {
-                        ClientAction::StillRevoked
-                    } else {
-                        ClientAction::Kept
-                    },
-                )),
-                Stored::Absent { .. } => None,
-            })
+            .filter_map(|(name, s)| s.unchanged_status(name))
             .collect();
         statuses.extend(status);
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
@@ -298,17 +280,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         let stored = self.read_clients(&names).await?;
         let statuses = stored
             .iter()
-            .filter_map(|(name, s)| match s {
-                Stored::Present(e) => Some(e.status(
-                    name,
-                    if e.revoked.is_some() {
-                        ClientAction::StillRevoked
-                    } else {
-                        ClientAction::Kept
-                    },
-                )),
-                Stored::Absent { .. } => None,
-            })
+            .filter_map(|(name, s)| s.unchanged_status(name))
             .collect();
         let crl = match (&ca, self.store.read(&self.pki.ca_path).await?) {
             (Some(ca), Some(bundle)) => {
@@ -681,6 +653,23 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
 enum Stored {
     Absent { cas: u64 },
     Present(Box<ClientEntry>),
+}
+
+impl Stored {
+    /// The status of an entry this run leaves as it is.
+    fn unchanged_status(&self, name: &str) -> Option<ClientStatus> {
+        match self {
+            Self::Present(e) => {
+                let action = if e.revoked.is_some() {
+                    ClientAction::StillRevoked
+                } else {
+                    ClientAction::Kept
+                };
+                Some(e.status(name, action))
+            }
+            Self::Absent { .. } => None,
+        }
+    }
 }
 
 fn parse_client(entry: KvEntry) -> Result<ClientEntry, String> {

@@ -176,6 +176,15 @@ impl StoreConfig {
         })
     }
 
+    /// The KV mount, for messages (`secret/istio/ca`).
+    #[must_use]
+    pub fn kv_mount(&self) -> &str {
+        match &self.location {
+            StoreLocation::Vault(v) => &v.kv_mount,
+            StoreLocation::Local { mount, .. } => mount,
+        }
+    }
+
     /// Opens the store: for Vault, builds the client and logs in.
     pub async fn open(&self) -> Result<AnyStore, StoreError> {
         Ok(match &self.location {
@@ -263,6 +272,40 @@ fn vault_settings(
         request_timeout: Duration::from_secs(request_timeout),
         max_attempts: max_attempts as u32,
     })
+}
+
+/// A relative KV path (`istio/ca`), or `default` when unset: no empty, `.` or hidden segments.
+pub fn kv_path(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let path = value.unwrap_or_else(|| default.to_owned());
+    let valid = !path.is_empty()
+        && path
+            .split('/')
+            .all(|s| !s.is_empty() && !s.starts_with('.'));
+    if valid {
+        Ok(path)
+    } else {
+        Err(ConfigError::new(
+            variable,
+            format!("'{path}' is not a relative KV path such as {default}"),
+        ))
+    }
+}
+
+/// A text value that must not be blank, or `default` when unset.
+pub fn non_blank(
+    variable: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(ConfigError::new(variable, "must not be blank")),
+        Some(v) => Ok(v),
+        None => Ok(default.to_owned()),
+    }
 }
 
 /// Parses a boolean the way the Vault CLI does (`true/false`, `1/0`, `t/f`).

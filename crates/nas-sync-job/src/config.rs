@@ -63,10 +63,7 @@ impl Config {
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
         let raw: RawSyncConfig = raw_from_vars(vars)?;
-        let mount = match &store.location {
-            job_support::StoreLocation::Vault(v) => v.kv_mount.clone(),
-            job_support::StoreLocation::Local { mount, .. } => mount.clone(),
-        };
+        let mount = store.kv_mount().to_owned();
         let mappings = if let Some(path) = &raw.sync_mappings_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new("SYNC_MAPPINGS_FILE", format!("cannot read {path}: {e}"))

@@ -11,8 +11,9 @@ mod verify;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use job_support::exit::{Failure, report};
-use job_support::{SecretStore, logging};
+use job_support::SecretStore;
+use job_support::cli::{JobInfo, block_on, main_with};
+use job_support::exit::Failure;
 use pki_core::time::OffsetDateTime;
 use tracing::info;
 
@@ -22,55 +23,32 @@ use crate::target::{KubeTarget, ManifestTarget, SecretTarget};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("-h" | "--help") => {
-            println!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Some("-V" | "--version") => {
-            println!("nas-sync-job {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!(
-                "nas-sync-job: unexpected argument '{other}'; it is configured through the environment (see --help)"
-            );
-            return Failure::Config.into();
-        }
-        None => {}
-    }
-    let config = match Config::from_vars(std::env::vars().collect()) {
-        Ok(config) => config,
-        Err(e) => {
-            logging::init(logging::LogFormat::Auto, None);
-            return report(&e.into());
-        }
-    };
-    logging::init(config.store.log_format, config.store.log_filter.as_deref());
-    match run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e),
-    }
+    main_with(
+        JobInfo {
+            name: "nas-sync-job",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        &args,
+        help,
+        || Config::from_vars(std::env::vars().collect()),
+        |config| &config.store,
+        |config| block_on(run(config)),
+    )
 }
 
-fn run(config: &Config) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let store = config.store.open().await?;
-        match &config.target {
-            TargetChoice::Kubernetes { max_attempts } => {
-                job_support::store::vault::install_crypto_provider();
-                let target = KubeTarget::connect(*max_attempts).await?;
-                sync_with(config, &store, &target).await
-            }
-            TargetChoice::Directory(dir) => {
-                sync_with(config, &store, &ManifestTarget::Directory(dir.clone())).await
-            }
-            TargetChoice::Stdout => sync_with(config, &store, &ManifestTarget::Stdout).await,
+async fn run(config: &Config) -> Result<()> {
+    let store = config.store.open().await?;
+    match &config.target {
+        TargetChoice::Kubernetes { max_attempts } => {
+            job_support::store::vault::install_crypto_provider();
+            let target = KubeTarget::connect(*max_attempts).await?;
+            sync_with(config, &store, &target).await
         }
-    })
+        TargetChoice::Directory(dir) => {
+            sync_with(config, &store, &ManifestTarget::Directory(dir.clone())).await
+        }
+        TargetChoice::Stdout => sync_with(config, &store, &ManifestTarget::Stdout).await,
+    }
 }
 
 async fn sync_with(
