@@ -2,11 +2,11 @@
 //! lives, which clusters get an intermediate, and how certificates look and renew.
 
 use job_support::config::{
-    ConfigError, StoreConfig, kv_path, non_blank, parse_number, raw_from_vars,
+    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
+    renewal_policy,
 };
 use pki_core::istio::IstioCaParams;
 use pki_core::time::Duration;
-use pki_core::{KeyAlgorithm, RenewalPolicy};
 use serde::Deserialize;
 
 use crate::converge::Plan;
@@ -66,15 +66,8 @@ impl Config {
             "istio/clusters",
         )?;
         let clusters = cluster_names(raw.istio_clusters.as_deref().unwrap_or("homelab,nas"))?;
-        let key_algorithm = match raw.istio_key_algorithm.as_deref() {
-            None => KeyAlgorithm::EcdsaP256,
-            Some(v) => v.parse().map_err(|_| {
-                ConfigError::new(
-                    "ISTIO_KEY_ALGORITHM",
-                    format!("'{v}' is not one of ecdsa-p256, ecdsa-p384, rsa-4096"),
-                )
-            })?,
-        };
+        let key_algorithm =
+            key_algorithm("ISTIO_KEY_ALGORITHM", raw.istio_key_algorithm.as_deref())?;
         let root_days = parse_number(
             "ISTIO_ROOT_VALIDITY_DAYS",
             raw.istio_root_validity_days.as_deref(),
@@ -95,17 +88,10 @@ impl Config {
                 ),
             ));
         }
-        let percent = parse_number(
-            "RENEW_LIFETIME_PERCENT",
+        let renewal = renewal_policy(
             raw.renew_lifetime_percent.as_deref(),
-            67,
-            0..=100,
-        )?;
-        let min_days = parse_number(
-            "RENEW_MIN_DAYS_LEFT",
             raw.renew_min_days_left.as_deref(),
-            30,
-            0..=36_500,
+            67,
         )?;
         let ca = IstioCaParams {
             key_algorithm,
@@ -118,10 +104,6 @@ impl Config {
             )?,
             root_validity: Duration::days(root_days as i64),
             intermediate_validity: Duration::days(intermediate_days as i64),
-        };
-        let renewal = RenewalPolicy {
-            lifetime_fraction: (percent > 0).then(|| f64::from(percent as u32) / 100.0),
-            min_days_left: (min_days > 0).then_some(min_days as u32),
         };
         Ok(Self {
             store,

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use job_support::config::{
-    ConfigError, StoreConfig, kv_path, non_blank, parse_number, raw_from_vars,
+    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
+    renewal_policy,
 };
 use pki_core::time::Duration;
 use pki_core::{Certificate, Crl, KeyAlgorithm, Pkcs12Profile, RenewalPolicy};
@@ -156,27 +157,6 @@ impl Config {
 }
 
 fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, ConfigError> {
-    let algorithm = |variable: &'static str, value: Option<&str>| match value {
-        None => Ok(KeyAlgorithm::EcdsaP256),
-        Some(v) => v.parse().map_err(|_| {
-            ConfigError::new(
-                variable,
-                format!("'{v}' is not one of ecdsa-p256, ecdsa-p384, rsa-4096"),
-            )
-        }),
-    };
-    let percent = parse_number(
-        "RENEW_LIFETIME_PERCENT",
-        raw.renew_lifetime_percent.as_deref(),
-        80,
-        0..=100,
-    )?;
-    let min_days = parse_number(
-        "RENEW_MIN_DAYS_LEFT",
-        raw.renew_min_days_left.as_deref(),
-        30,
-        0..=36_500,
-    )?;
     let crl_days = parse_number(
         "CRL_VALIDITY_DAYS",
         raw.crl_validity_days.as_deref(),
@@ -206,7 +186,7 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             raw.pki_clients_path.clone(),
             "pki/clients",
         )?,
-        ca_key_algorithm: algorithm(
+        ca_key_algorithm: key_algorithm(
             "CLIENT_CA_KEY_ALGORITHM",
             raw.client_ca_key_algorithm.as_deref(),
         )?,
@@ -222,7 +202,7 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             3650,
             1..=36_500,
         )? as i64),
-        client_key_algorithm: algorithm(
+        client_key_algorithm: key_algorithm(
             "CLIENT_KEY_ALGORITHM",
             raw.client_key_algorithm.as_deref(),
         )?,
@@ -239,10 +219,11 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             2048,
             1..=1_000_000,
         )? as u32,
-        renewal: RenewalPolicy {
-            lifetime_fraction: (percent > 0).then(|| f64::from(percent as u32) / 100.0),
-            min_days_left: (min_days > 0).then_some(min_days as u32),
-        },
+        renewal: renewal_policy(
+            raw.renew_lifetime_percent.as_deref(),
+            raw.renew_min_days_left.as_deref(),
+            80,
+        )?,
         crl_validity: Duration::days(crl_days as i64),
         crl_renew_before: Duration::days(crl_renew as i64),
         legacy: legacy_cas(

@@ -308,6 +308,42 @@ pub fn non_blank(
     }
 }
 
+/// A key algorithm name (`ecdsa-p256`, `ecdsa-p384`, `rsa-4096`), P-256 when unset.
+pub fn key_algorithm(
+    variable: &'static str,
+    value: Option<&str>,
+) -> Result<pki_core::KeyAlgorithm, ConfigError> {
+    match value {
+        None => Ok(pki_core::KeyAlgorithm::EcdsaP256),
+        Some(v) => v.parse().map_err(|_| {
+            ConfigError::new(
+                variable,
+                format!("'{v}' is not one of ecdsa-p256, ecdsa-p384, rsa-4096"),
+            )
+        }),
+    }
+}
+
+/// The renewal policy from `RENEW_LIFETIME_PERCENT` and `RENEW_MIN_DAYS_LEFT` (0 turns a
+/// condition off).
+pub fn renewal_policy(
+    lifetime_percent: Option<&str>,
+    min_days_left: Option<&str>,
+    default_percent: u64,
+) -> Result<pki_core::RenewalPolicy, ConfigError> {
+    let percent = parse_number(
+        "RENEW_LIFETIME_PERCENT",
+        lifetime_percent,
+        default_percent,
+        0..=100,
+    )?;
+    let days = parse_number("RENEW_MIN_DAYS_LEFT", min_days_left, 30, 0..=36_500)?;
+    Ok(pki_core::RenewalPolicy {
+        lifetime_fraction: (percent > 0).then(|| f64::from(percent as u32) / 100.0),
+        min_days_left: (days > 0).then_some(days as u32),
+    })
+}
+
 /// Parses a boolean the way the Vault CLI does (`true/false`, `1/0`, `t/f`).
 pub fn parse_bool(
     variable: &'static str,
