@@ -173,29 +173,23 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
         "clients.yaml",
         "clients:\n  - name: alice\n    email: alice@example.org\n",
     );
-    let issued = run_job(
-        "client-issuer-job",
-        &[
-            ("VAULT_ADDR", bao.addr.as_str()),
-            ("VAULT_AUTH_METHOD", "jwt"),
-            ("VAULT_SA_TOKEN_PATH", jwt_file.to_str().unwrap()),
-            ("CLIENTS_FILE", clients.to_str().unwrap()),
-        ],
-        clusters.dir.path(),
-    );
+    let run_issuer = || {
+        run_job(
+            "client-issuer-job",
+            &[
+                ("VAULT_ADDR", bao.addr.as_str()),
+                ("VAULT_AUTH_METHOD", "jwt"),
+                ("VAULT_SA_TOKEN_PATH", jwt_file.to_str().unwrap()),
+                ("CLIENTS_FILE", clients.to_str().unwrap()),
+            ],
+            clusters.dir.path(),
+        )
+    };
+    let issued = run_issuer();
     assert_eq!(issued.code, 0, "{}", issued.stderr);
     // The removal path lists users: a second run with nobody declared revokes alice.
     clusters.dir.write("clients.yaml", "clients: []\n");
-    let revoking = run_job(
-        "client-issuer-job",
-        &[
-            ("VAULT_ADDR", bao.addr.as_str()),
-            ("VAULT_AUTH_METHOD", "jwt"),
-            ("VAULT_SA_TOKEN_PATH", jwt_file.to_str().unwrap()),
-            ("CLIENTS_FILE", clients.to_str().unwrap()),
-        ],
-        clusters.dir.path(),
-    );
+    let revoking = run_issuer();
     assert_eq!(revoking.code, 0, "{}", revoking.stderr);
     assert_eq!(
         bao.kv_field("pki/clients/alice", "status").trim(),
