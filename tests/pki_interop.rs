@@ -10,7 +10,7 @@ use pki_core::{
     SubjectName, build_pkcs12, generate_root_ca, issue_client_certificate, sign_crl,
 };
 
-use crate::support::tools::{Scratch, keytool, openssl};
+use crate::support::tools::{Scratch, keytool, openssl, verify_cacerts};
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -56,18 +56,7 @@ fn openssl_verifies_every_istio_hierarchy() {
         let bundle = istio::issue_cluster_bundle(&root, "homelab", &params, now()).unwrap();
         let dir = Scratch::new();
         write_bundle(&dir, &bundle);
-        let ran = openssl(
-            &[
-                "verify",
-                "-CAfile",
-                "root-cert.pem",
-                "-untrusted",
-                "cert-chain.pem",
-                "ca-cert.pem",
-            ],
-            dir.path(),
-        )
-        .ok();
+        let ran = verify_cacerts(dir.path()).ok();
         assert_eq!(ran.stdout.trim(), "ca-cert.pem: OK", "{alg}");
 
         // The key file is what istiod loads: openssl reads it as an unencrypted key and it

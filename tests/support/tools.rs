@@ -85,3 +85,19 @@ pub fn openssl(args: &[&str], dir: &Path) -> Ran {
 pub fn keytool(args: &[&str], dir: &Path) -> Ran {
     run("keytool", args, dir)
 }
+
+/// `openssl verify` of the `cacerts` files in `dir`, as an operator checks a cluster bundle.
+#[track_caller]
+pub fn verify_cacerts(dir: &Path) -> Ran {
+    openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "cert-chain.pem",
+            "ca-cert.pem",
+        ],
+        dir,
+    )
+}
