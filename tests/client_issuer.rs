@@ -11,7 +11,7 @@ use pki_core::{
 };
 
 use crate::support::haproxy::HaProxy;
-use crate::support::jobs::{JobRun, run_job, spawn_job, wait_job};
+use crate::support::jobs::{JobRun, run_job, spawn_job, spawn_job_with_args, wait_job};
 use crate::support::openbao::{OpenBao, free_port};
 use crate::support::tools::{Scratch, keytool, openssl, run};
 
@@ -566,5 +566,130 @@ fn a_changed_profile_or_email_reissues_and_the_crl_is_refreshed_before_next_upda
         Some(0.into()),
         "{}",
         quiet.stderr
+    );
+}
+
+/// Two runs that overlap in the ways a cluster makes them overlap.
+#[derive(Debug, Clone, Copy)]
+enum Overlap {
+    /// The CronJob's converge and a Job started for a changed clients file (each sees its
+    /// own version of the file): one revokes bob, the other carol.
+    TwoConverges,
+    /// The CronJob's converge (revoking bob) and an operator's one-off `issue dave`.
+    IssueAndConverge,
+}
+
+/// Trials per overlap, with and without injected delays: each is a fresh client PKI.
+const RACE_TRIALS: usize = 100;
+
+/// The variables of a run on the client PKI under `prefix`, through `addr`.
+fn race_vars(addr: &str, file: &std::path::Path, prefix: &str) -> Vec<(String, String)> {
+    [
+        ("VAULT_ADDR", addr),
+        ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+        ("CLIENTS_FILE", file.to_str().unwrap()),
+        ("PKI_CA_PATH", &format!("{prefix}/ca")),
+        ("PKI_ISSUER_PATH", &format!("{prefix}/issuer")),
+        ("PKI_CLIENTS_PATH", &format!("{prefix}/clients")),
+        // The race is about the bundle, not key derivation: keep each run short.
+        ("PKCS12_ITERATIONS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn as_pairs(vars: &[(String, String)]) -> Vec<(&str, &str)> {
+    vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Issue #16's lost revocation: after any overlap of two runs, every entry whose status is
+/// `revoked` is on the stored CRL. Checked from the stored CRL itself, trial by trial.
+#[test]
+fn overlapping_runs_never_drop_a_revocation() {
+    let setup = Setup::new();
+    let upstream = setup.bao.addr.trim_start_matches("http://").to_owned();
+    let delayed = crate::support::proxy::DelayProxy::start(&upstream, 8);
+    let all = setup.dir.write(
+        "all.yaml",
+        format!("{ALICE_BOB}  - name: carol\n    email: carol@example.org\n"),
+    );
+    let without_bob = setup.dir.write(
+        "without-bob.yaml",
+        "clients:\n  - name: alice\n    email: alice@example.org\n  - name: carol\n    email: carol@example.org\n",
+    );
+    let without_carol = setup.dir.write("without-carol.yaml", ALICE_BOB);
+    let dir = setup.dir.path();
+    let mut drops = Vec::new();
+    let mut trials = 0;
+    for overlap in [Overlap::TwoConverges, Overlap::IssueAndConverge] {
+        for (via, addr) in [("direct", &setup.bao.addr), ("delayed", &delayed.addr)] {
+            for trial in 0..RACE_TRIALS {
+                let prefix = format!("race/{overlap:?}-{via}-{trial}");
+                let first = race_vars(&setup.bao.addr, &all, &prefix);
+                assert_exit(&run_job(JOB, &as_pairs(&first), dir), 0);
+                let bob_first =
+                    setup.bao.kv_data(&format!("{prefix}/clients/bob")).unwrap()["serial"].clone();
+
+                let a = race_vars(addr, &without_bob, &prefix);
+                let child_a = spawn_job(JOB, &as_pairs(&a), dir);
+                let child_b = match overlap {
+                    Overlap::TwoConverges => {
+                        let b = race_vars(addr, &without_carol, &prefix);
+                        spawn_job(JOB, &as_pairs(&b), dir)
+                    }
+                    Overlap::IssueAndConverge => {
+                        let b = race_vars(addr, &all, &prefix);
+                        let args = ["issue", "dave", "dave@example.org"];
+                        spawn_job_with_args(JOB, &args, &as_pairs(&b), dir)
+                    }
+                };
+                let (ran_a, ran_b) = (wait_job(child_a), wait_job(child_b));
+                assert_exit(&ran_a, 0);
+                assert_exit(&ran_b, 0);
+                trials += 1;
+
+                let bundle = setup.bao.kv_data(&format!("{prefix}/ca")).unwrap();
+                let crl = pki_core::Crl::from_pem(bundle["crl.pem"].as_str().unwrap(), "crl.pem")
+                    .unwrap();
+                // Every revocation any entry records: its certificate when revoked, and the
+                // earlier certificates a re-issue left in its history.
+                let mut recorded = Vec::new();
+                for name in ["bob", "carol"] {
+                    let entry = setup
+                        .bao
+                        .kv_data(&format!("{prefix}/clients/{name}"))
+                        .unwrap();
+                    if entry["status"] == "revoked" {
+                        recorded.push((name, entry["serial"].as_str().unwrap().to_owned()));
+                    }
+                    let history = entry.get("revoked_history").and_then(|h| h.as_str());
+                    for line in history.unwrap_or_default().lines() {
+                        let serial = line.split_whitespace().next().unwrap();
+                        recorded.push((name, serial.to_owned()));
+                    }
+                }
+                // The run without bob revokes his first certificate, whatever the other did
+                // (a converge that still declares him re-issues him afterwards).
+                assert!(
+                    recorded.iter().any(|(_, s)| *s == bob_first),
+                    "{prefix}: bob's first certificate is recorded as revoked: {recorded:?}"
+                );
+                for (name, serial) in recorded {
+                    if !crl.is_revoked(&serial) {
+                        drops.push(format!(
+                            "{prefix}: {name}'s {serial} is revoked but not on the CRL"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(trials, 4 * RACE_TRIALS);
+    assert!(
+        drops.is_empty(),
+        "{} of {trials} overlaps dropped a revocation:\n{}",
+        drops.len(),
+        drops.join("\n")
     );
 }

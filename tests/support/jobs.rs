@@ -87,6 +87,13 @@ pub fn spawn_job(job: &str, vars: &[(&str, &str)], dir: &Path) -> Child {
     command(job, vars, dir).spawn().expect("spawn the job")
 }
 
+pub fn spawn_job_with_args(job: &str, args: &[&str], vars: &[(&str, &str)], dir: &Path) -> Child {
+    command(job, vars, dir)
+        .args(args)
+        .spawn()
+        .expect("spawn the job")
+}
+
 pub fn wait_job(child: Child) -> JobRun {
     let output = child.wait_with_output().expect("wait for the job");
     JobRun {

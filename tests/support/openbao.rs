@@ -215,6 +215,28 @@ impl OpenBao {
         json["data"]["current_version"].as_u64().unwrap()
     }
 
+    /// The data of the KV entry at `secret/<path>` read over HTTP (no CLI start-up: for
+    /// tests that read state hundreds of times), or `None` when absent.
+    pub fn kv_data(&self, path: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+        use std::io::{Read, Write};
+        let host = self.addr.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            stream,
+            "GET /v1/secret/data/{path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {ROOT_TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        if head.starts_with("HTTP/1.0 404") || head.starts_with("HTTP/1.1 404") {
+            return None;
+        }
+        assert!(head.contains(" 200 "), "reading {path}: {head}\n{body}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        json["data"]["data"].as_object().cloned()
+    }
+
     /// One field of a KV entry at `secret/<path>`.
     pub fn kv_field(&self, path: &str, field: &str) -> String {
         self.cli(&[

@@ -96,3 +96,84 @@ fn relay(
     let _ = client.shutdown(Shutdown::Both);
     let _ = back.join();
 }
+
+/// A TCP proxy that holds each chunk a client sends for a random 0..`max_ms` milliseconds
+/// before passing it on, as a slow or busy network does: each of a job's requests is one
+/// chunk, so two jobs behind it interleave their requests differently on every run.
+pub struct DelayProxy {
+    pub addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DelayProxy {
+    pub fn start(upstream: &str, max_ms: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_owned();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seed = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1;
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            client.set_nonblocking(false).unwrap();
+                            let server = TcpStream::connect(&upstream).unwrap();
+                            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                            std::thread::spawn(move || delay_relay(client, server, max_ms, seed));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn delay_relay(mut client: TcpStream, mut server: TcpStream, max_ms: u64, mut seed: u64) {
+    let (mut server_read, mut client_write) =
+        (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_read, &mut client_write);
+        let _ = client_write.shutdown(Shutdown::Both);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // xorshift: a different delay per chunk, no shared state between connections.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % (max_ms + 1)));
+        if server.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = server.shutdown(Shutdown::Both);
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = back.join();
+}

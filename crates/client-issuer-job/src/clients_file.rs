@@ -16,8 +16,30 @@
 //!     revocation_reason: key-compromise
 //! ```
 
+use std::collections::HashSet;
+use std::ops::RangeInclusive;
+
 use pki_core::{Pkcs12Profile, RevocationReason};
 use serde::Deserialize;
+
+/// The validity a client may ask for, in days: the same bounds as `CLIENT_VALIDITY_DAYS`
+/// and `issue --validity-days`.
+pub const VALIDITY_DAYS: RangeInclusive<u32> = 1..=3650;
+
+/// How much of a bad value an error line repeats: enough to find it in the file.
+const SHOWN_CHARS: usize = 80;
+
+/// `value` as an error line shows it: cut after [`SHOWN_CHARS`] characters, saying by how much.
+fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => value.to_owned(),
+        Some((cut, _)) => format!(
+            "{}... ({} more characters)",
+            &value[..cut],
+            value[cut..].chars().count()
+        ),
+    }
+}
 
 /// One client as the file declares it, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +96,14 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
         serde_norway::from_str(yaml).map_err(|e| vec![format!("not a clients file: {e}")])?;
     let mut problems = Vec::new();
     let mut clients: Vec<DeclaredClient> = Vec::new();
+    let mut seen = HashSet::new();
     for (i, raw) in raw.clients.into_iter().enumerate() {
         let at = format!("client {}", i + 1);
         let name = raw.name.unwrap_or_default();
         let label = if name.is_empty() {
             at.clone()
         } else {
-            format!("{at} ('{name}')")
+            format!("{at} ('{}')", shown(&name))
         };
         if name.is_empty() {
             problems.push(format!("{label}: name is missing"));
@@ -88,7 +111,7 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
             problems.push(format!(
                 "{label}: name must be lowercase letters, digits and '-', at most 63 characters, not starting or ending with '-'"
             ));
-        } else if clients.iter().any(|c| c.name == name) {
+        } else if !seen.insert(name.clone()) {
             problems.push(format!("{label}: name is declared twice"));
         }
         let email = raw.email.unwrap_or_default();
@@ -96,7 +119,8 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
             problems.push(format!("{label}: email is missing"));
         } else if !pki_core::valid_email(&email) {
             problems.push(format!(
-                "{label}: email '{email}' is not an address of the form user@domain.tld"
+                "{label}: email '{}' is not an address of the form user@domain.tld",
+                shown(&email)
             ));
         }
         let profile = match raw.profile.as_deref().map(str::parse::<Pkcs12Profile>) {
@@ -105,13 +129,17 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
             Some(Err(_)) => {
                 problems.push(format!(
                     "{label}: profile '{}' is not one of modern, legacy",
-                    raw.profile.unwrap_or_default()
+                    shown(&raw.profile.unwrap_or_default())
                 ));
                 Pkcs12Profile::Modern
             }
         };
-        if raw.validity_days == Some(0) {
-            problems.push(format!("{label}: validity_days must be at least 1"));
+        if let Some(days) = raw.validity_days.filter(|d| !VALIDITY_DAYS.contains(d)) {
+            problems.push(format!(
+                "{label}: validity_days {days} is not a number from {} to {}",
+                VALIDITY_DAYS.start(),
+                VALIDITY_DAYS.end()
+            ));
         }
         let revocation_reason = match raw
             .revocation_reason
@@ -120,8 +148,11 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
         {
             None => RevocationReason::CessationOfOperation,
             Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                problems.push(format!("{label}: {e}"));
+            Some(Err(_)) => {
+                problems.push(format!(
+                    "{label}: revocation_reason '{}' is not one of unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation",
+                    shown(&raw.revocation_reason.unwrap_or_default())
+                ));
                 RevocationReason::Unspecified
             }
         };
@@ -181,6 +212,60 @@ mod tests {
                 "client 4 ('bob'): profile 'fancy' is not one of modern, legacy",
                 "client 5: name is missing",
             ]
+        );
+    }
+
+    #[test]
+    fn validity_is_bounded_before_anything_is_issued() {
+        for days in ["0", "3651", "3000000", "4294967295"] {
+            let problems = parse_clients(&format!(
+                "clients:\n  - name: a\n    email: a@example.org\n    validity_days: {days}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                problems,
+                [format!(
+                    "client 1 ('a'): validity_days {days} is not a number from 1 to 3650"
+                )]
+            );
+        }
+        // Past u32, serde refuses it by type, still naming where.
+        let problems = parse_clients(
+            "clients:\n  - name: a\n    email: a@example.org\n    validity_days: 99999999999\n",
+        )
+        .unwrap_err();
+        assert!(
+            problems[0].starts_with("not a clients file: clients[0].validity_days"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_huge_value_is_not_echoed_whole() {
+        let name = "x".repeat(50_000_000);
+        let problems = parse_clients(&format!(
+            "clients:\n  - name: {name}\n    email: a@example.org\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [format!(
+                "client 1 ('{}... (49999920 more characters)'): name must be lowercase letters, digits and '-', at most 63 characters, not starting or ending with '-'",
+                "x".repeat(80)
+            )]
+        );
+    }
+
+    #[test]
+    fn one_duplicate_among_many_is_found() {
+        let mut yaml = String::from("clients:\n");
+        for i in 0..100_000 {
+            yaml.push_str(&format!("  - name: u{i}\n    email: u{i}@example.org\n"));
+        }
+        yaml.push_str("  - name: u7\n    email: u7@example.org\n");
+        assert_eq!(
+            parse_clients(&yaml).unwrap_err(),
+            ["client 100001 ('u7'): name is declared twice"]
         );
     }
 

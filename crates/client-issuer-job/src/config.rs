@@ -156,6 +156,15 @@ impl Config {
     }
 }
 
+impl PkiSettings {
+    /// Every default, on `mount`: what an unconfigured run uses.
+    #[cfg(test)]
+    pub(crate) fn defaults(mount: &str) -> Self {
+        pki_settings(&RawIssuerConfig::default(), mount.to_owned())
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
+    }
+}
+
 fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, ConfigError> {
     let crl_days = parse_number(
         "CRL_VALIDITY_DAYS",

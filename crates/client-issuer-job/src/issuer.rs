@@ -15,7 +15,7 @@ use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{
     CaCredential, CaParams, Certificate, ClientCertificateParams, Crl, CrlParams, Pkcs12Password,
     Pkcs12Profile, Pkcs12Request, RevocationReason, RevokedCertificate, SubjectName, build_pkcs12,
-    generate_root_ca, issue_client_certificate, renewal_due, sign_crl,
+    generate_root_ca, issue_client_certificate, merge_revocations, renewal_due, sign_crl,
 };
 use tracing::info;
 
@@ -28,6 +28,18 @@ const ISSUER_KEY: &str = "ca.key";
 /// Fields of the public bundle entry, as the seed's ExternalSecret copies them.
 const BUNDLE_CA: &str = "ca.crt";
 const BUNDLE_CRL: &str = "crl.pem";
+/// Every field the bundle entry may hold; anything else there is not this job's to overwrite.
+const BUNDLE_FIELDS: [&str; 6] = [
+    BUNDLE_CA,
+    BUNDLE_CRL,
+    "created",
+    "not_after",
+    "crl_number",
+    "crl_next_update",
+];
+/// How many times a run rebuilds the bundle after losing a check-and-set race. Every round
+/// has a winner, so this bounds only how long one run keeps trying.
+const BUNDLE_ATTEMPTS: u32 = 10;
 
 /// Who asked for a client: the declared file (removal from it revokes), or the one-off
 /// `issue` command (the file's absence does not revoke it).
@@ -205,7 +217,8 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     /// Converges on the declared clients: every stored entry is read and checked before the
     /// first write; clients removed from the file are revoked.
     pub async fn converge(&self, declared: &[DeclaredClient]) -> Result<RunSummary> {
-        let (ca, ca_created) = self.ensure_ca().await?;
+        // Everything stored is read and checked before the first write.
+        self.precheck_bundle().await?;
         let mut names: BTreeSet<String> = self
             .store
             .list(&self.pki.clients_path)
@@ -214,6 +227,8 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             .collect();
         names.extend(declared.iter().map(|d| d.name.clone()));
         let stored = self.read_clients(&names).await?;
+        let (ca, ca_created) = self.ensure_ca().await?;
+        self.check_bundle_against(&ca.certificate).await?;
 
         let mut statuses = Vec::with_capacity(names.len());
         for name in &names {
@@ -235,7 +250,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
 
     /// The one-off command: issues (or re-issues, when the email or profile differ) one client.
     pub async fn issue_one(&self, want: &DeclaredClient) -> Result<RunSummary> {
-        let (ca, ca_created) = self.ensure_ca().await?;
+        self.precheck_bundle().await?;
         let names: BTreeSet<String> = self
             .store
             .list(&self.pki.clients_path)
@@ -247,6 +262,8 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             Some(state) => state,
             None => self.read_client(&want.name).await?,
         };
+        let (ca, ca_created) = self.ensure_ca().await?;
+        self.check_bundle_against(&ca.certificate).await?;
         let status = self
             .converge_client(&ca, want, &state, Source::Manual)
             .await?;
@@ -546,6 +563,11 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
 
     /// Writes the public bundle when its content changes: the CA certificates HAProxy trusts
     /// and a CRL for each, ours re-signed when the revoked set changes or nextUpdate nears.
+    ///
+    /// The published revocation set only grows: each attempt starts from a fresh read of the
+    /// bundle, keeps every serial its CRL already lists and adds this run's, and writes with
+    /// check-and-set against the version it read. A run that loses the race to another run
+    /// therefore rebuilds on top of the winner's revocations instead of replacing them.
     async fn finish(
         &self,
         ca: CaCredential,
@@ -553,32 +575,29 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         mut clients: Vec<ClientStatus>,
     ) -> Result<RunSummary> {
         clients.sort_by(|a, b| a.name.cmp(&b.name));
-        let revoked: Vec<(String, RevokedCertificate)> = clients
+        let known: Vec<RevokedCertificate> = clients
             .iter()
             .flat_map(|c| c.revocations.iter().cloned())
-            .map(|r| (r.serial_hex(), r))
             .collect();
         let path = &self.pki.ca_path;
-        // Bounded: a conflict means a concurrent run wrote the bundle; recompute from theirs.
-        for _ in 0..3 {
+        for attempt in 1..=BUNDLE_ATTEMPTS {
             let stored = self.store.read(path).await?;
-            let cas = match writable_absent(stored.as_ref()) {
-                Some(cas) => cas,
-                None => stored.as_ref().map_or(0, |e| e.version),
+            let (cas, previous) = self.stored_bundle(stored.as_ref(), &ca.certificate)?;
+            let published = match &previous {
+                Some(crl) => crl
+                    .revoked_certificates()
+                    .map_err(|e| self.invalid(path, e.to_string()))?,
+                None => Vec::new(),
             };
-            let current_crls = stored
-                .as_ref()
-                .and_then(|e| e.data.get(BUNDLE_CRL))
-                .unwrap_or_default();
-            let previous = own_crl(current_crls, &ca.certificate);
-            let wanted: BTreeSet<&str> =
-                revoked.iter().map(|(serial, _)| serial.as_str()).collect();
+            let revoked = merge_revocations(&published, &known);
+            let wanted: BTreeSet<String> =
+                revoked.iter().map(RevokedCertificate::serial_hex).collect();
             let fresh = previous.as_ref().filter(|crl| {
-                let listed: BTreeSet<&str> = crl
+                let listed: BTreeSet<String> = crl
                     .info()
                     .revoked
                     .iter()
-                    .map(|r| r.serial_hex.as_str())
+                    .map(|r| r.serial_hex.clone())
                     .collect();
                 listed == wanted
                     && crl
@@ -598,7 +617,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                     this_update: self.now,
                     next_update: self.now + self.pki.crl_validity,
                     crl_number: number,
-                    revoked: revoked.iter().map(|(_, r)| r.clone()).collect(),
+                    revoked: revoked.clone(),
                 };
                 (sign_crl(&ca, &params)?, true)
             };
@@ -636,17 +655,111 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 crl.info().crl_number.unwrap_or_default().to_string(),
             );
             data.insert("crl_next_update", rfc3339(next_update));
-            if let WriteOutcome::Written { version } = self.store.write(path, &data, cas).await? {
-                info!(path = %self.label(path), version, crl_number = crl.info().crl_number.unwrap_or_default(),
-                      revoked = revoked.len(), legacy_cas = self.pki.legacy.len(), "wrote the trust bundle and CRL");
-                return Ok(summary(true));
+            match self.store.write(path, &data, cas).await? {
+                WriteOutcome::Written { version } => {
+                    info!(path = %self.label(path), version, crl_number = crl.info().crl_number.unwrap_or_default(),
+                          revoked = revoked.len(), legacy_cas = self.pki.legacy.len(), "wrote the trust bundle and CRL");
+                    return Ok(summary(true));
+                }
+                WriteOutcome::Conflict => {
+                    info!(path = %self.label(path), attempt,
+                          "another run wrote the trust bundle first; rebuilding on top of its revocations");
+                }
             }
         }
         anyhow::bail!(
-            "'{}' kept changing under concurrent runs; giving up after 3 attempts",
+            "'{}' kept changing under concurrent runs; gave up after {BUNDLE_ATTEMPTS} attempts (every revocation stays recorded in its client entry; the next run publishes it)",
             self.label(path)
         )
     }
+
+    /// The stored bundle, checked before anything is built on it: the version a write must
+    /// name, and the CRL of ours it holds (`None` for an absent or placeholder entry, or the
+    /// bundle of another CA, which this CA's bundle replaces). An entry with fields this job
+    /// never writes (a CA and key of the previous scripts, say) or a `crl.pem` that is not a
+    /// CRL bundle is invalid state: it is reported, never overwritten.
+    fn stored_bundle(
+        &self,
+        stored: Option<&KvEntry>,
+        ca: &Certificate,
+    ) -> Result<(u64, Option<Crl>)> {
+        let (entry, crls) = match self.check_bundle(stored)? {
+            BundleState::Absent { cas } => return Ok((cas, None)),
+            BundleState::Present { entry, crls } => (entry, crls),
+        };
+        let ours_trusted = entry
+            .data
+            .get(BUNDLE_CA)
+            .is_some_and(|pem| pem.contains(ca.to_pem().trim()));
+        let own = crls
+            .into_iter()
+            .find(|crl| crl.verify_signed_by(ca).is_ok());
+        if own.is_none() && ours_trusted {
+            return Err(self.invalid(
+                &self.pki.ca_path,
+                format!("'{BUNDLE_CA}' trusts the client CA but '{BUNDLE_CRL}' holds no CRL signed by it"),
+            ));
+        }
+        Ok((entry.version, own))
+    }
+
+    /// The shape check of the bundle entry, which needs no CA: run before the first write of
+    /// a run, and again on every read of the bundle.
+    fn check_bundle<'e>(&self, stored: Option<&'e KvEntry>) -> Result<BundleState<'e>> {
+        if let Some(cas) = writable_absent(stored) {
+            return Ok(BundleState::Absent { cas });
+        }
+        let entry = stored.ok_or_else(|| self.invalid(&self.pki.ca_path, "unreadable".into()))?;
+        let path = &self.pki.ca_path;
+        let foreign: Vec<&str> = entry
+            .data
+            .fields()
+            .filter(|f| !BUNDLE_FIELDS.contains(f))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(self.invalid(
+                path,
+                format!(
+                    "holds fields this job never writes ({}); expected only {}. Nothing was written",
+                    foreign.join(", "),
+                    BUNDLE_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let text = entry
+            .data
+            .get(BUNDLE_CRL)
+            .ok_or_else(|| self.invalid(path, format!("missing field '{BUNDLE_CRL}'")))?;
+        let crls = Crl::bundle_from_pem(text, BUNDLE_CRL)
+            .map_err(|e| self.invalid(path, e.to_string()))?;
+        if crls.is_empty() {
+            return Err(self.invalid(
+                path,
+                format!("field '{BUNDLE_CRL}' holds no CRL; nothing was written"),
+            ));
+        }
+        Ok(BundleState::Present { entry, crls })
+    }
+
+    /// Reads the bundle entry and checks its shape, before the run writes anything.
+    async fn precheck_bundle(&self) -> Result<()> {
+        let stored = self.store.read(&self.pki.ca_path).await?;
+        self.check_bundle(stored.as_ref()).map(drop)
+    }
+
+    /// Checks the bundle against the client CA, before any client entry is written.
+    async fn check_bundle_against(&self, ca: &Certificate) -> Result<()> {
+        let stored = self.store.read(&self.pki.ca_path).await?;
+        self.stored_bundle(stored.as_ref(), ca).map(drop)
+    }
+}
+
+/// The bundle entry as read, shape-checked.
+enum BundleState<'e> {
+    /// Absent or a placeholder: the version a write must name.
+    Absent { cas: u64 },
+    /// A bundle: the entry and every CRL of its `crl.pem`.
+    Present { entry: &'e KvEntry, crls: Vec<Crl> },
 }
 
 #[derive(Debug)]
@@ -780,3 +893,6 @@ fn own_crl(pem_bundle: &str, ca: &Certificate) -> Option<Crl> {
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
+
+#[cfg(test)]
+mod tests;

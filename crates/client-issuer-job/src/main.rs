@@ -17,7 +17,7 @@ use job_support::{SecretStore, logging};
 use pki_core::time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::clients_file::{DeclaredClient, parse_clients, valid_name};
+use crate::clients_file::{DeclaredClient, VALIDITY_DAYS, parse_clients, valid_name};
 use crate::config::Config;
 use crate::issuer::{ClientAction, Issuer, RunSummary};
 
@@ -85,10 +85,12 @@ fn parse_args(args: &[String]) -> Result<Command, ConfigError> {
                             value
                                 .parse::<u32>()
                                 .ok()
-                                .filter(|d| (1..=3650).contains(d))
+                                .filter(|d| VALIDITY_DAYS.contains(d))
                                 .ok_or_else(|| {
                                     usage(format!(
-                                        "--validity-days '{value}' is not a number from 1 to 3650"
+                                        "--validity-days '{value}' is not a number from {} to {}",
+                                        VALIDITY_DAYS.start(),
+                                        VALIDITY_DAYS.end()
                                     ))
                                 })?,
                         );

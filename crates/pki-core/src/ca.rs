@@ -186,7 +186,17 @@ pub(crate) fn base_params(
         });
     }
     let now = now.replace_nanosecond(0).unwrap_or(now);
-    let mut not_after = now + validity;
+    let mut not_after = now
+        .checked_add(validity)
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| PkiError::InvalidParameter {
+            name: "validity",
+            reason: format!(
+                "{} days from {} ends after the year 9999, the last an X.509 time can hold",
+                validity.whole_days(),
+                now.date()
+            ),
+        })?;
     if let Some(limit) = issuer_not_after {
         if limit <= now {
             return Err(PkiError::Expired {

@@ -178,6 +178,24 @@ pub fn sign_crl(issuer: &CaCredential, params: &CrlParams) -> Result<String> {
         })
 }
 
+/// The revocation set to publish next: everything already published, plus what this run
+/// knows of. A serial stays listed once published, whatever a later reader saw, so two
+/// writers that each rebuild the CRL from their own reads can never drop each other's
+/// revocations. Where both list a serial, the published record (date and reason) stands.
+/// Sorted by serial, so the same set always signs the same list.
+#[must_use]
+pub fn merge_revocations(
+    published: &[RevokedCertificate],
+    known: &[RevokedCertificate],
+) -> Vec<RevokedCertificate> {
+    let mut by_serial = std::collections::BTreeMap::new();
+    for r in known.iter().chain(published) {
+        // `published` comes second, so it overwrites this run's record of the same serial.
+        by_serial.insert(r.serial.clone(), r.clone());
+    }
+    by_serial.into_values().collect()
+}
+
 /// A revoked entry as read back from a CRL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedEntry {
@@ -309,6 +327,23 @@ impl Crl {
         issuer
             .with_x509(|cert| crl.verify_signature(cert.public_key()))?
             .map_err(|_| bad())
+    }
+
+    /// The revoked certificates the CRL lists, as [`sign_crl`] takes them (serial bytes as
+    /// encoded; a reason code outside RFC 5280's named ones reads as unspecified).
+    pub fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>> {
+        let crl = parse_crl(&self.der, &self.label)?;
+        Ok(crl
+            .iter_revoked_certificates()
+            .map(|r| RevokedCertificate {
+                serial: r.raw_serial().to_vec(),
+                revoked_at: r.revocation_date.to_datetime(),
+                reason: r
+                    .reason_code()
+                    .and_then(|(_, code)| RevocationReason::from_code(code.0))
+                    .unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Whether the CRL lists this serial (uppercase hex, as [`crate::CertificateInfo`] has it).

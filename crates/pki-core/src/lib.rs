@@ -25,7 +25,8 @@ pub use client::{
     ClientCertificateParams, ClientCredential, issue_client_certificate, valid_email,
 };
 pub use crl::{
-    Crl, CrlInfo, CrlParams, RevocationReason, RevokedCertificate, RevokedEntry, sign_crl,
+    Crl, CrlInfo, CrlParams, RevocationReason, RevokedCertificate, RevokedEntry, merge_revocations,
+    sign_crl,
 };
 pub use error::{PkiError, Result};
 pub use key::{KeyAlgorithm, SecretPem, SigningKey};

@@ -13,7 +13,8 @@ use pki_core::time::{Duration, OffsetDateTime};
 use pki_core::{
     CaCredential, CaParams, Certificate, ClientCertificateParams, Crl, CrlParams, KeyAlgorithm,
     Pkcs12Password, Pkcs12Profile, Pkcs12Request, PkiError, RevocationReason, RevokedCertificate,
-    SubjectName, build_pkcs12, generate_root_ca, issue_client_certificate, read_pkcs12, sign_crl,
+    SubjectName, build_pkcs12, generate_root_ca, issue_client_certificate, merge_revocations,
+    read_pkcs12, sign_crl,
 };
 use x509_parser::extensions::ParsedExtension;
 
@@ -246,6 +247,69 @@ fn bad_client_parameters_are_refused() {
             .to_string(),
         "invalid validity: must be positive, got 0s"
     );
+    // The clients file's 4294967295 days once aborted the process here.
+    for days in [3_000_000, i64::from(u32::MAX)] {
+        params.validity = Duration::days(days);
+        assert_eq!(
+            issue_client_certificate(&ca, &params, T0)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "invalid validity: {days} days from 2026-01-01 ends after the year 9999, the last an X.509 time can hold"
+            )
+        );
+    }
+    let root = CaParams {
+        subject: SubjectName::new("NAS", "Client CA"),
+        key_algorithm: KeyAlgorithm::EcdsaP256,
+        validity: Duration::days(3_000_000),
+    };
+    assert!(generate_root_ca(&root, T0).is_err());
+}
+
+#[test]
+fn a_published_revocation_is_never_merged_away() {
+    let revoked = |serial: u8, day: i64, reason| RevokedCertificate {
+        serial: vec![serial],
+        revoked_at: T0 + Duration::days(day),
+        reason,
+    };
+    let published = [
+        revoked(3, 1, RevocationReason::KeyCompromise),
+        revoked(1, 1, RevocationReason::Unspecified),
+    ];
+    // This run knows 1 (with another date) and 2, not 3.
+    let known = [
+        revoked(2, 2, RevocationReason::Superseded),
+        revoked(1, 5, RevocationReason::CessationOfOperation),
+    ];
+    assert_eq!(
+        merge_revocations(&published, &known),
+        [
+            revoked(1, 1, RevocationReason::Unspecified),
+            revoked(2, 2, RevocationReason::Superseded),
+            revoked(3, 1, RevocationReason::KeyCompromise),
+        ]
+    );
+    assert_eq!(merge_revocations(&published, &[]).len(), 2);
+    // And what a CRL lists reads back as it was signed.
+    let ca = client_ca();
+    let pem = sign_crl(
+        &ca,
+        &CrlParams {
+            this_update: T0,
+            next_update: T0 + Duration::days(7),
+            crl_number: 1,
+            revoked: published.to_vec(),
+        },
+    )
+    .unwrap();
+    let mut read = Crl::from_pem(&pem, "crl.pem")
+        .unwrap()
+        .revoked_certificates()
+        .unwrap();
+    read.sort_by(|a, b| a.serial.cmp(&b.serial));
+    assert_eq!(read, [published[1].clone(), published[0].clone()]);
 }
 
 #[test]

@@ -10,6 +10,8 @@ use zeroize::Zeroize;
 use crate::exit::Failure;
 
 pub mod local;
+#[cfg(any(test, feature = "test-support"))]
+pub mod scripted;
 pub mod vault;
 
 /// The string fields of one KV entry. Values may be private keys: `Debug` shows field names

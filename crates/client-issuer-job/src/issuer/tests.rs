@@ -1,0 +1,347 @@
+//! The issuer's decisions against the scripted store: every interleaving with a concurrent
+//! run is placed exactly, so each branch runs every time, in milliseconds.
+
+use job_support::store::scripted::{Contents, ScriptedStore};
+use job_support::{InvalidState, SecretData, SecretStore};
+use pki_core::time::{Duration, OffsetDateTime};
+use pki_core::{Crl, Pkcs12Profile, RevocationReason};
+
+use super::{Issuer, RunSummary};
+use crate::clients_file::DeclaredClient;
+use crate::config::PkiSettings;
+
+const BUNDLE: &str = "pki/ca";
+
+fn t0() -> OffsetDateTime {
+    // 2026-01-10 12:00 UTC
+    OffsetDateTime::from_unix_timestamp(1_768_046_400).unwrap()
+}
+
+fn client(name: &str) -> DeclaredClient {
+    DeclaredClient {
+        name: name.to_owned(),
+        email: format!("{name}@example.org"),
+        profile: Pkcs12Profile::Modern,
+        validity_days: None,
+        revoked: false,
+        revocation_reason: RevocationReason::Unspecified,
+    }
+}
+
+fn clients(names: &[&str]) -> Vec<DeclaredClient> {
+    names.iter().map(|n| client(n)).collect()
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn converge(
+    store: &ScriptedStore,
+    names: &[&str],
+    now: OffsetDateTime,
+) -> anyhow::Result<RunSummary> {
+    let pki = PkiSettings::defaults("secret");
+    block_on(Issuer::new(store, &pki, now).converge(&clients(names)))
+}
+
+/// The serials the stored CRL lists, as relying parties see them.
+fn published(store: &ScriptedStore) -> Vec<String> {
+    let entry = store.current(BUNDLE).expect("the bundle exists");
+    let crl = Crl::bundle_from_pem(entry.data.get("crl.pem").unwrap(), "crl.pem").unwrap();
+    let mut serials: Vec<String> = crl[0]
+        .info()
+        .revoked
+        .iter()
+        .map(|r| r.serial_hex.clone())
+        .collect();
+    serials.sort();
+    serials
+}
+
+fn serial(store: &ScriptedStore, name: &str) -> String {
+    store
+        .current(&format!("pki/clients/{name}"))
+        .unwrap()
+        .data
+        .get("serial")
+        .unwrap()
+        .to_owned()
+}
+
+/// alice, bob and carol issued; the bundle has an empty CRL.
+fn three_clients() -> ScriptedStore {
+    let store = ScriptedStore::new();
+    converge(&store, &["alice", "bob", "carol"], t0()).unwrap();
+    assert!(published(&store).is_empty());
+    // A fresh log: the tests look at what their own run does.
+    ScriptedStore::with_contents(store.contents())
+}
+
+/// What another run does when it starts from `contents`: its converge on `names`, run to the
+/// end on a copy; the entries it wrote, to replay into the first run's store at a chosen point.
+fn other_run(contents: Contents, names: &[&str]) -> Vec<(String, SecretData)> {
+    let other = ScriptedStore::with_contents(contents);
+    converge(&other, names, t0() + Duration::minutes(1)).unwrap();
+    other
+        .written()
+        .into_iter()
+        .map(|path| {
+            let data = other.current(&path).unwrap().data;
+            (path, data)
+        })
+        .collect()
+}
+
+fn replay(writes: Vec<(String, SecretData)>) -> impl FnOnce(&mut Contents) + Send + 'static {
+    move |contents| {
+        for (path, data) in writes {
+            contents.put(&path, data);
+        }
+    }
+}
+
+#[test]
+fn a_run_that_loses_the_bundle_race_keeps_the_winners_revocations() {
+    let store = three_clients();
+    let (bob, carol) = (serial(&store, "bob"), serial(&store, "carol"));
+    // The other run revokes carol; it read everything before this run wrote anything, and
+    // its bundle lands just before this run's bundle write, which therefore conflicts.
+    let theirs = other_run(store.contents(), &["alice", "bob"]);
+    store.before_write(BUNDLE, 1, replay(theirs));
+
+    let summary = converge(&store, &["alice", "carol"], t0() + Duration::minutes(2)).unwrap();
+
+    assert!(summary.bundle_written);
+    let mut want = vec![bob, carol];
+    want.sort();
+    assert_eq!(published(&store), want, "both revocations are published");
+    // The first bundle write lost, the second was built on the winner's version.
+    let bundle_writes: Vec<bool> = store
+        .log()
+        .into_iter()
+        .filter_map(|op| match op {
+            job_support::store::scripted::Operation::Write { path, written, .. }
+                if path == BUNDLE =>
+            {
+                Some(written)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bundle_writes, [false, true]);
+}
+
+#[test]
+fn a_run_that_read_before_another_revoked_does_not_drop_that_revocation() {
+    let store = three_clients();
+    let carol = serial(&store, "carol");
+    // The other run revokes carol and publishes it after this run read carol's entry as
+    // active, but before this run reads the bundle: no conflict, only a stale view.
+    let theirs = other_run(store.contents(), &["alice", "bob"]);
+    // Reads 1 and 2 of the bundle are the checks before any write, read 3 the one finish
+    // builds on.
+    store.before_read(BUNDLE, 3, replay(theirs));
+
+    // This run changes nothing about the clients it declares, so it would write nothing.
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(2),
+    )
+    .unwrap();
+
+    assert!(
+        !summary.bundle_written,
+        "the published bundle already has everything"
+    );
+    assert_eq!(published(&store), [carol]);
+}
+
+#[test]
+fn a_published_revocation_survives_its_entry_being_deleted_by_hand() {
+    let store = three_clients();
+    let bob = serial(&store, "bob");
+    converge(&store, &["alice", "carol"], t0() + Duration::minutes(1)).unwrap();
+    assert_eq!(published(&store), std::slice::from_ref(&bob));
+    // Nothing in this run knows of bob any more; the CRL still does.
+    let mut contents = store.contents();
+    contents.forget("pki/clients/bob");
+    let store = ScriptedStore::with_contents(contents);
+
+    converge(
+        &store,
+        &["alice", "carol", "dave"],
+        t0() + Duration::minutes(2),
+    )
+    .unwrap();
+
+    assert_eq!(published(&store), [bob]);
+}
+
+#[test]
+fn losing_every_race_is_bounded_and_names_the_bundle() {
+    let store = three_clients();
+    // Before each of this run's bundle writes, another run rewrites the bundle unchanged.
+    for _ in 0..super::BUNDLE_ATTEMPTS {
+        store.before_write(BUNDLE, 1, |contents| {
+            let current = contents.current(BUNDLE).unwrap();
+            contents.put(BUNDLE, current.data);
+        });
+    }
+
+    let error = converge(&store, &["alice", "bob"], t0() + Duration::minutes(1)).unwrap_err();
+
+    assert_eq!(
+        format!("{error:#}"),
+        "'secret/pki/ca' kept changing under concurrent runs; gave up after 10 attempts (every revocation stays recorded in its client entry; the next run publishes it)"
+    );
+    // Carol's revocation is in her entry, so the next run publishes it.
+    converge(&store, &["alice", "bob"], t0() + Duration::minutes(2)).unwrap();
+    assert_eq!(published(&store), [serial(&store, "carol")]);
+}
+
+fn invalid_state(error: &anyhow::Error) -> String {
+    error
+        .downcast_ref::<InvalidState>()
+        .unwrap_or_else(|| panic!("not invalid state: {error:#}"))
+        .to_string()
+}
+
+#[test]
+fn a_garbage_crl_is_reported_and_never_rewritten() {
+    let store = three_clients();
+    let mut data = store.current(BUNDLE).unwrap().data;
+    data.insert("crl.pem", "not a CRL");
+    store.put(BUNDLE, data);
+    let before = store.contents();
+
+    let error = converge(&store, &["alice"], t0() + Duration::minutes(1)).unwrap_err();
+
+    assert_eq!(
+        invalid_state(&error),
+        "invalid state at 'secret/pki/ca': field 'crl.pem' holds no CRL; nothing was written"
+    );
+    assert!(
+        store.written().is_empty(),
+        "nothing written: {:?}",
+        store.written()
+    );
+    assert_eq!(store.contents().current(BUNDLE), before.current(BUNDLE));
+}
+
+#[test]
+fn a_foreign_entry_at_the_bundle_path_is_never_overwritten() {
+    // The previous scripts kept their CA, key included, at pki/ca.
+    let store = ScriptedStore::new();
+    let mut data = SecretData::new();
+    data.insert("cert", "-----BEGIN CERTIFICATE-----");
+    data.insert("key", "-----BEGIN EC PRIVATE KEY-----");
+    store.put(BUNDLE, data);
+
+    let error = converge(&store, &["alice"], t0()).unwrap_err();
+
+    assert_eq!(
+        invalid_state(&error),
+        "invalid state at 'secret/pki/ca': holds fields this job never writes (cert, key); expected only ca.crt, crl.pem, created, not_after, crl_number, crl_next_update. Nothing was written"
+    );
+    assert!(
+        store.written().is_empty(),
+        "nothing written: {:?}",
+        store.written()
+    );
+}
+
+#[test]
+fn a_bundle_that_trusts_the_ca_but_lacks_its_crl_is_invalid() {
+    let store = three_clients();
+    let mut data = store.current(BUNDLE).unwrap().data;
+    // A CRL of some other CA in place of ours.
+    let other = pki_core::generate_root_ca(
+        &pki_core::CaParams {
+            subject: pki_core::SubjectName::new("Other", "Other CA"),
+            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(30),
+        },
+        t0(),
+    )
+    .unwrap();
+    let crl = pki_core::sign_crl(
+        &other,
+        &pki_core::CrlParams {
+            this_update: t0(),
+            next_update: t0() + Duration::days(7),
+            crl_number: 1,
+            revoked: Vec::new(),
+        },
+    )
+    .unwrap();
+    data.insert("crl.pem", crl);
+    store.put(BUNDLE, data);
+
+    let error = converge(&store, &["alice"], t0() + Duration::minutes(1)).unwrap_err();
+
+    assert_eq!(
+        invalid_state(&error),
+        "invalid state at 'secret/pki/ca': 'ca.crt' trusts the client CA but 'crl.pem' holds no CRL signed by it"
+    );
+    assert!(store.written().is_empty());
+}
+
+#[test]
+fn a_conflicting_client_write_adopts_the_winners_entry() {
+    let store = ScriptedStore::new();
+    converge(&store, &["alice"], t0()).unwrap();
+    // Another run issues bob first.
+    let theirs = other_run(store.contents(), &["alice", "bob"]);
+    store.before_write("pki/clients/bob", 1, replay(theirs));
+
+    let summary = converge(&store, &["alice", "bob"], t0() + Duration::minutes(2)).unwrap();
+
+    let bob = summary.clients.iter().find(|c| c.name == "bob").unwrap();
+    assert_eq!(bob.action, super::ClientAction::Adopted);
+    assert_eq!(bob.serial, serial(&store, "bob"));
+}
+
+#[test]
+fn a_run_with_nothing_to_do_writes_nothing() {
+    let store = three_clients();
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(summary.writes(), 0);
+    assert!(store.written().is_empty(), "{:?}", store.written());
+}
+
+#[test]
+fn absurd_validity_is_an_error_not_a_panic() {
+    let store = ScriptedStore::new();
+    let pki = PkiSettings::defaults("secret");
+    let mut alice = client("alice");
+    alice.validity_days = Some(u32::MAX);
+    let issuer = Issuer::new(&store, &pki, t0());
+    // The clients file refuses this value; the issuer itself must not panic on it either.
+    let error = block_on(issuer.issue_one(&alice)).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("ends after the year 9999"),
+        "{error:#}"
+    );
+}
+
+#[test]
+fn the_store_sees_no_write_from_a_report() {
+    let store = three_clients();
+    let pki = PkiSettings::defaults("secret");
+    let writes = store.written().len();
+    let (ca, statuses, crl) = block_on(Issuer::new(&store, &pki, t0()).statuses()).unwrap();
+    assert!(ca.is_some() && crl.is_some());
+    assert_eq!(statuses.len(), 3);
+    assert_eq!(store.written().len(), writes);
+    let _ = store.describe();
+}

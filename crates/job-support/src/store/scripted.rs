@@ -1,0 +1,410 @@
+//! A test double of the secret store: an in-memory KV v2 mount with the same check-and-set
+//! rules as Vault's (`cas = 0` creates only, `cas = N` writes only over version N; a refused
+//! write is a conflict, not an error), plus a script of interventions that fire at exact
+//! points of a run: "just before the 2nd write to `pki/ca`, another run writes this", or
+//! "the next read of `pki/issuer` fails". A decision module driven through it reaches its
+//! conflict, adopt and retry branches deterministically, in microseconds, without the race
+//! timing a real server would need.
+//!
+//! The KV rules copied here are Vault's KV v2 ones (vault-plugin-secrets-kv, `path_data.go`:
+//! a `cas` that does not match the current version answers 400 "check-and-set parameter did
+//! not match the current version"; `cas = 0` succeeds only when the key does not exist); the
+//! Vault store turns that answer into [`WriteOutcome::Conflict`], and so does this double.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
+
+/// An operation the store saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// A read of the path.
+    Read(String),
+    /// A list of the prefix.
+    List(String),
+    /// A write of the path with this `cas`, and what came of it.
+    Write {
+        /// The path.
+        path: String,
+        /// The version the write named.
+        cas: u64,
+        /// Whether it was written.
+        written: bool,
+    },
+}
+
+/// The mount's contents: every version of every entry. Interventions get it mutably to act
+/// as a concurrent run would.
+#[derive(Debug, Default, Clone)]
+pub struct Contents {
+    entries: BTreeMap<String, Vec<SecretData>>,
+}
+
+impl Contents {
+    /// The current version of `path`.
+    #[must_use]
+    pub fn current(&self, path: &str) -> Option<KvEntry> {
+        let versions = self.entries.get(path)?;
+        versions.last().map(|data| KvEntry {
+            data: data.clone(),
+            version: versions.len() as u64,
+        })
+    }
+
+    /// Writes `data` over whatever is there (a concurrent writer that won); the new version.
+    pub fn put(&mut self, path: &str, data: SecretData) -> u64 {
+        let versions = self.entries.entry(path.to_owned()).or_default();
+        versions.push(data);
+        versions.len() as u64
+    }
+
+    /// Removes every version of `path`, as `vault kv metadata delete` does.
+    pub fn forget(&mut self, path: &str) {
+        self.entries.remove(path);
+    }
+
+    /// Applies a check-and-set write as Vault does.
+    fn write(&mut self, path: &str, data: &SecretData, cas: u64) -> WriteOutcome {
+        let current = self.entries.get(path).map_or(0, |v| v.len() as u64);
+        if current == cas {
+            WriteOutcome::Written {
+                version: self.put(path, data.clone()),
+            }
+        } else {
+            WriteOutcome::Conflict
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Vec<String> {
+        let start = format!("{prefix}/");
+        let mut names: Vec<String> = self
+            .entries
+            .keys()
+            .filter_map(|k| k.strip_prefix(&start))
+            .filter(|rest| !rest.contains('/'))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+type Intervention = Box<dyn FnOnce(&mut Contents) + Send>;
+
+/// What fires at a scripted point.
+enum Action {
+    /// Change the contents first (another run acting), then let the operation proceed.
+    Before(Intervention),
+    /// Answer with this error instead of performing the operation.
+    Fail(StoreError),
+}
+
+struct Step {
+    kind: Kind,
+    path: String,
+    /// Fires at the n-th matching operation from the moment the step is added (1 = next).
+    countdown: usize,
+    action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    List,
+    Write,
+}
+
+#[derive(Default)]
+struct State {
+    contents: Contents,
+    script: Vec<Step>,
+    log: Vec<Operation>,
+}
+
+/// The scripted store. See the module documentation.
+#[derive(Default)]
+pub struct ScriptedStore {
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for ScriptedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScriptedStore").finish_non_exhaustive()
+    }
+}
+
+impl ScriptedStore {
+    /// An empty mount with no script.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panicking test thread poisons the lock; the contents are still what they were.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A store holding `contents` (a copy of another store's mount), with no script.
+    #[must_use]
+    pub fn with_contents(contents: Contents) -> Self {
+        let store = Self::default();
+        store.state().contents = contents;
+        store
+    }
+
+    /// Writes `data` at `path` unconditionally (set-up, not part of the run).
+    pub fn put(&self, path: &str, data: SecretData) -> u64 {
+        self.state().contents.put(path, data)
+    }
+
+    /// The current version of `path`.
+    #[must_use]
+    pub fn current(&self, path: &str) -> Option<KvEntry> {
+        self.state().contents.current(path)
+    }
+
+    /// A copy of the whole mount.
+    #[must_use]
+    pub fn contents(&self) -> Contents {
+        self.state().contents.clone()
+    }
+
+    /// Every operation so far, in order.
+    #[must_use]
+    pub fn log(&self) -> Vec<Operation> {
+        self.state().log.clone()
+    }
+
+    /// The writes so far that were written, by path.
+    #[must_use]
+    pub fn written(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter_map(|op| match op {
+                Operation::Write {
+                    path,
+                    written: true,
+                    ..
+                } => Some(path),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn add(&self, kind: Kind, path: &str, nth: usize, action: Action) {
+        self.state().script.push(Step {
+            kind,
+            path: path.to_owned(),
+            countdown: nth.max(1),
+            action,
+        });
+    }
+
+    /// Just before the `nth` write to `path` (counting from now, 1 = the next), `act` changes
+    /// the contents as a concurrent run would; then the write proceeds against them.
+    pub fn before_write(
+        &self,
+        path: &str,
+        nth: usize,
+        act: impl FnOnce(&mut Contents) + Send + 'static,
+    ) {
+        self.add(Kind::Write, path, nth, Action::Before(Box::new(act)));
+    }
+
+    /// Just before the `nth` read of `path`, `act` changes the contents.
+    pub fn before_read(
+        &self,
+        path: &str,
+        nth: usize,
+        act: impl FnOnce(&mut Contents) + Send + 'static,
+    ) {
+        self.add(Kind::Read, path, nth, Action::Before(Box::new(act)));
+    }
+
+    /// The `nth` write to `path` fails with `error` and changes nothing.
+    pub fn fail_write(&self, path: &str, nth: usize, error: StoreError) {
+        self.add(Kind::Write, path, nth, Action::Fail(error));
+    }
+
+    /// The `nth` read of `path` fails with `error`.
+    pub fn fail_read(&self, path: &str, nth: usize, error: StoreError) {
+        self.add(Kind::Read, path, nth, Action::Fail(error));
+    }
+
+    /// Runs the step due for this operation, if any; `Err` when it scripts a failure.
+    fn fire(state: &mut State, kind: Kind, path: &str) -> Result<(), StoreError> {
+        let mut due = None;
+        for (i, step) in state.script.iter_mut().enumerate() {
+            if step.kind == kind && step.path == path {
+                // Steps queued for the same operation fire one per operation, in order.
+                step.countdown = step.countdown.saturating_sub(1);
+                if step.countdown == 0 && due.is_none() {
+                    due = Some(i);
+                }
+            }
+        }
+        match due.map(|i| state.script.remove(i).action) {
+            Some(Action::Before(act)) => {
+                act(&mut state.contents);
+                Ok(())
+            }
+            Some(Action::Fail(error)) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn malformed(operation: &'static str, path: &str, detail: String) -> StoreError {
+    StoreError::Malformed {
+        operation,
+        path: format!("scripted/{path}"),
+        detail,
+    }
+}
+
+impl SecretStore for ScriptedStore {
+    fn describe(&self) -> String {
+        "scripted in-memory store".into()
+    }
+
+    async fn read(&self, path: &str) -> Result<Option<KvEntry>, StoreError> {
+        check_path(path).map_err(|d| malformed("read", path, d))?;
+        let mut state = self.state();
+        state.log.push(Operation::Read(path.to_owned()));
+        Self::fire(&mut state, Kind::Read, path)?;
+        Ok(state.contents.current(path))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        check_path(prefix).map_err(|d| malformed("list", prefix, d))?;
+        let mut state = self.state();
+        state.log.push(Operation::List(prefix.to_owned()));
+        Self::fire(&mut state, Kind::List, prefix)?;
+        Ok(state.contents.list(prefix))
+    }
+
+    async fn write(
+        &self,
+        path: &str,
+        data: &SecretData,
+        cas: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        check_path(path).map_err(|d| malformed("write", path, d))?;
+        let mut state = self.state();
+        if let Err(e) = Self::fire(&mut state, Kind::Write, path) {
+            state.log.push(Operation::Write {
+                path: path.to_owned(),
+                cas,
+                written: false,
+            });
+            return Err(e);
+        }
+        let outcome = state.contents.write(path, data, cas);
+        state.log.push(Operation::Write {
+            path: path.to_owned(),
+            cas,
+            written: matches!(outcome, WriteOutcome::Written { .. }),
+        });
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(value: &str) -> SecretData {
+        let mut d = SecretData::new();
+        d.insert("f", value);
+        d
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn check_and_set_as_vault_does() {
+        let store = ScriptedStore::new();
+        block_on(async {
+            assert_eq!(
+                store.write("a", &data("1"), 0).await.unwrap(),
+                WriteOutcome::Written { version: 1 }
+            );
+            // cas = 0 on an existing key, or a stale version: refused, nothing changes.
+            assert_eq!(
+                store.write("a", &data("x"), 0).await.unwrap(),
+                WriteOutcome::Conflict
+            );
+            assert_eq!(
+                store.write("a", &data("x"), 2).await.unwrap(),
+                WriteOutcome::Conflict
+            );
+            assert_eq!(
+                store.write("a", &data("2"), 1).await.unwrap(),
+                WriteOutcome::Written { version: 2 }
+            );
+            let entry = store.read("a").await.unwrap().unwrap();
+            assert_eq!((entry.version, entry.data.get("f")), (2, Some("2")));
+            assert!(store.read("b").await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn interventions_fire_at_the_scripted_operation() {
+        let store = ScriptedStore::new();
+        store.before_write("a", 2, |c| {
+            c.put("a", data("theirs"));
+        });
+        block_on(async {
+            assert!(matches!(
+                store.write("a", &data("1"), 0).await.unwrap(),
+                WriteOutcome::Written { version: 1 }
+            ));
+            // The concurrent run wrote version 2 just before this write: ours conflicts.
+            assert_eq!(
+                store.write("a", &data("2"), 1).await.unwrap(),
+                WriteOutcome::Conflict
+            );
+            assert_eq!(store.current("a").unwrap().data.get("f"), Some("theirs"));
+        });
+    }
+
+    #[test]
+    fn scripted_failures_change_nothing() {
+        let store = ScriptedStore::new();
+        store.fail_write(
+            "a",
+            1,
+            StoreError::Unavailable {
+                operation: "write",
+                path: "secret/a".into(),
+                detail: "connection refused".into(),
+            },
+        );
+        block_on(async {
+            assert!(store.write("a", &data("1"), 0).await.is_err());
+            assert!(store.current("a").is_none());
+            assert!(store.write("a", &data("1"), 0).await.is_ok());
+        });
+        assert_eq!(store.written(), ["a"]);
+    }
+
+    #[test]
+    fn lists_direct_children_only() {
+        let store = ScriptedStore::new();
+        store.put("p/b", data("1"));
+        store.put("p/a", data("1"));
+        store.put("p/a/deeper", data("1"));
+        store.put("q/c", data("1"));
+        assert_eq!(block_on(store.list("p")).unwrap(), ["a", "b"]);
+    }
+}
