@@ -174,6 +174,8 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     #[test]
@@ -260,7 +262,7 @@ mod tests {
     fn one_duplicate_among_many_is_found() {
         let mut yaml = String::from("clients:\n");
         for i in 0..100_000 {
-            yaml.push_str(&format!("  - name: u{i}\n    email: u{i}@example.org\n"));
+            let _ = writeln!(yaml, "  - name: u{i}\n    email: u{i}@example.org");
         }
         yaml.push_str("  - name: u7\n    email: u7@example.org\n");
         assert_eq!(
