@@ -4,7 +4,6 @@
 //! the winner's entry; a run with nothing to do writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -13,11 +12,14 @@ use job_support::{InvalidState, KvEntry, SecretData, SecretStore, WriteOutcome};
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{
-    CaCredential, CaParams, Certificate, ClientCertificateParams, Crl, CrlParams, Pkcs12Password,
+    CaCredential, CaParams, Certificate, ClientCertificateParams, Crl, Pkcs12Password,
     Pkcs12Profile, Pkcs12Request, RevocationReason, RevokedCertificate, SubjectName, build_pkcs12,
-    generate_root_ca, issue_client_certificate, merge_revocations, renewal_due, sign_crl,
+    generate_root_ca, issue_client_certificate, renewal_due,
 };
-use tracing::info;
+use tracing::{info, warn};
+
+use self::bundle::{BUNDLE_CRL, own_crl};
+use self::entry::{ClientEntry, PreviousEntry, Stored, format_history};
 
 use crate::clients_file::DeclaredClient;
 use crate::config::PkiSettings;
@@ -25,21 +27,6 @@ use crate::config::PkiSettings;
 /// Fields of the issuer entry.
 const ISSUER_CERT: &str = "ca.crt";
 const ISSUER_KEY: &str = "ca.key";
-/// Fields of the public bundle entry, as the seed's ExternalSecret copies them.
-const BUNDLE_CA: &str = "ca.crt";
-const BUNDLE_CRL: &str = "crl.pem";
-/// Every field the bundle entry may hold; anything else there is not this job's to overwrite.
-const BUNDLE_FIELDS: [&str; 6] = [
-    BUNDLE_CA,
-    BUNDLE_CRL,
-    "created",
-    "not_after",
-    "crl_number",
-    "crl_next_update",
-];
-/// How many times a run rebuilds the bundle after losing a check-and-set race. Every round
-/// has a winner, so this bounds only how long one run keeps trying.
-const BUNDLE_ATTEMPTS: u32 = 10;
 
 /// Who asked for a client: the declared file (removal from it revokes), or the one-off
 /// `issue` command (the file's absence does not revoke it).
@@ -75,6 +62,14 @@ pub enum ClientAction {
     StillRevoked,
     /// A concurrent run wrote it first; adopted.
     Adopted,
+    /// An entry of the previous scripts, declared in the file: issued anew from this CA (the
+    /// old certificate keeps working while its CA stays in the trust bundle).
+    Migrated,
+    /// An entry of the previous scripts, not declared: left as it is, listed.
+    Previous,
+    /// Its PKCS#12 cannot be used as stored; left as it is until the operator asks for a
+    /// repair (`client-issuer-job repair <name>`).
+    Unusable,
 }
 
 /// A client's state after the run, for the summary, the report and the metrics.
@@ -93,10 +88,32 @@ pub struct ClientStatus {
     /// CRL entries: this certificate's, when revoked, and those of earlier certificates of
     /// the same user that were revoked before a re-issue.
     pub revocations: Vec<RevokedCertificate>,
-    /// PKCS#12 profile.
-    pub profile: Pkcs12Profile,
+    /// PKCS#12 profile (`None` for an entry of the previous scripts).
+    pub profile: Option<Pkcs12Profile>,
     /// What this run did.
     pub action: ClientAction,
+}
+
+/// A stored entry an operator must look at: the run left it as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryProblem {
+    /// The entry's name under the clients prefix.
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// What `report` shows: everything stored, read without writing.
+#[derive(Debug)]
+pub struct Inventory {
+    /// The client CA, once created.
+    pub ca: Option<Certificate>,
+    /// Every readable client entry, sorted by name.
+    pub clients: Vec<ClientStatus>,
+    /// Entries that need an operator.
+    pub attention: Vec<EntryProblem>,
+    /// The CRL of the client CA, once published.
+    pub crl: Option<Crl>,
 }
 
 /// What a run did.
@@ -114,6 +131,8 @@ pub struct RunSummary {
     pub bundle_written: bool,
     /// Every client entry, sorted by name.
     pub clients: Vec<ClientStatus>,
+    /// Entries the run left alone because an operator must look at them, sorted by name.
+    pub attention: Vec<EntryProblem>,
 }
 
 impl RunSummary {
@@ -134,52 +153,13 @@ impl RunSummary {
                 .filter(|c| {
                     matches!(
                         c.action,
-                        ClientAction::Issued | ClientAction::Renewed | ClientAction::Revoked
+                        ClientAction::Issued
+                            | ClientAction::Renewed
+                            | ClientAction::Revoked
+                            | ClientAction::Migrated
                     )
                 })
                 .count()
-    }
-}
-
-/// A stored client entry, parsed.
-#[derive(Debug, Clone)]
-struct ClientEntry {
-    version: u64,
-    data: SecretData,
-    certificate: Certificate,
-    email: String,
-    profile: Pkcs12Profile,
-    source: Source,
-    revoked: Option<(OffsetDateTime, RevocationReason)>,
-    /// Earlier certificates of this user, revoked before a re-issue: they stay on the CRL.
-    history: Vec<RevokedCertificate>,
-}
-
-impl ClientEntry {
-    /// Every revocation to publish for this user: the history, and the current certificate's.
-    fn all_revocations(&self) -> Vec<RevokedCertificate> {
-        let mut all = self.history.clone();
-        if let Some((revoked_at, reason)) = self.revoked {
-            all.push(RevokedCertificate {
-                serial: self.certificate.raw_serial(),
-                revoked_at,
-                reason,
-            });
-        }
-        all
-    }
-
-    fn status(&self, name: &str, action: ClientAction) -> ClientStatus {
-        ClientStatus {
-            name: name.to_owned(),
-            email: self.email.clone(),
-            serial: self.certificate.info().serial_hex.clone(),
-            not_after: self.certificate.info().not_after,
-            revoked: self.revoked.is_some(),
-            revocations: self.all_revocations(),
-            profile: self.profile,
-            action,
-        }
     }
 }
 
@@ -198,12 +178,26 @@ pub struct Issuer<'a, S> {
     store: &'a S,
     pki: &'a PkiSettings,
     now: OffsetDateTime,
+    /// Clients whose unusable entries the operator asked to re-issue.
+    repair: BTreeSet<String>,
 }
 
 impl<'a, S: SecretStore> Issuer<'a, S> {
     /// An issuer acting at `now`.
     pub fn new(store: &'a S, pki: &'a PkiSettings, now: OffsetDateTime) -> Self {
-        Self { store, pki, now }
+        Self {
+            store,
+            pki,
+            now,
+            repair: BTreeSet::new(),
+        }
+    }
+
+    /// Re-issue these clients' entries if their PKCS#12 cannot be used (`repair`).
+    #[must_use]
+    pub fn repairing(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.repair.extend(names);
+        self
     }
 
     fn label(&self, path: &str) -> String {
@@ -215,7 +209,8 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     }
 
     /// Converges on the declared clients: every stored entry is read and checked before the
-    /// first write; clients removed from the file are revoked.
+    /// first write; clients removed from the file are revoked; entries the job cannot use
+    /// are left alone and named in the summary.
     pub async fn converge(&self, declared: &[DeclaredClient]) -> Result<RunSummary> {
         // Everything stored is read and checked before the first write.
         self.precheck_bundle().await?;
@@ -227,25 +222,38 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             .collect();
         names.extend(declared.iter().map(|d| d.name.clone()));
         let stored = self.read_clients(&names).await?;
+        self.check_repairs(&stored)?;
         let (ca, ca_created) = self.ensure_ca().await?;
         self.check_bundle_against(&ca.certificate).await?;
 
+        let declared: BTreeMap<&str, &DeclaredClient> =
+            declared.iter().map(|d| (d.name.as_str(), d)).collect();
         let mut statuses = Vec::with_capacity(names.len());
+        let mut attention = Vec::new();
         for name in &names {
-            let want = declared.iter().find(|d| &d.name == name);
-            let status = match (want, &stored[name]) {
+            let state = &stored[name];
+            let outcome = match (declared.get(name.as_str()), state) {
                 (Some(want), state) => self.converge_client(&ca, want, state, Source::File).await?,
                 (None, Stored::Present(entry))
                     if entry.source == Source::File && entry.revoked.is_none() =>
                 {
-                    self.revoke(name, entry, RevocationReason::CessationOfOperation)
-                        .await?
+                    Outcome::Done(
+                        self.revoke(name, entry, RevocationReason::CessationOfOperation)
+                            .await?,
+                    )
                 }
-                (None, state) => state.unchanged_status(name),
+                (None, state) => Outcome::unchanged(name, state),
             };
-            statuses.extend(status);
+            match outcome {
+                Outcome::Done(status) => statuses.push(status),
+                Outcome::Skipped => {}
+                Outcome::Attention(status, problem) => {
+                    statuses.extend(status);
+                    attention.push(self.attention(name, problem));
+                }
+            }
         }
-        self.finish(ca, ca_created, statuses).await
+        self.finish(ca, ca_created, statuses, attention).await
     }
 
     /// The one-off command: issues (or re-issues, when the email or profile differ) one client.
@@ -264,20 +272,34 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         };
         let (ca, ca_created) = self.ensure_ca().await?;
         self.check_bundle_against(&ca.certificate).await?;
-        let status = self
+        let mut statuses = Vec::new();
+        let mut attention = Vec::new();
+        for (name, state) in &stored {
+            match Outcome::unchanged(name, state) {
+                Outcome::Done(status) => statuses.push(status),
+                Outcome::Skipped => {}
+                Outcome::Attention(status, problem) => {
+                    statuses.extend(status);
+                    attention.push(self.attention(name, problem));
+                }
+            }
+        }
+        match self
             .converge_client(&ca, want, &state, Source::Manual)
-            .await?;
-        let mut statuses: Vec<ClientStatus> = stored
-            .iter()
-            .filter_map(|(name, s)| s.unchanged_status(name))
-            .collect();
-        statuses.extend(status);
-        statuses.sort_by(|a, b| a.name.cmp(&b.name));
-        self.finish(ca, ca_created, statuses).await
+            .await?
+        {
+            Outcome::Done(status) => statuses.push(status),
+            Outcome::Skipped => {}
+            Outcome::Attention(status, problem) => {
+                statuses.extend(status);
+                attention.push(self.attention(&want.name, problem));
+            }
+        }
+        self.finish(ca, ca_created, statuses, attention).await
     }
 
     /// Reads every client entry without writing (the report).
-    pub async fn statuses(&self) -> Result<(Option<Certificate>, Vec<ClientStatus>, Option<Crl>)> {
+    pub async fn inventory(&self) -> Result<Inventory> {
         let issuer = self.store.read(&self.pki.issuer_path).await?;
         let ca = match issuer.as_ref() {
             Some(e) if writable_absent(Some(e)).is_none() => e
@@ -295,17 +317,65 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             .into_iter()
             .collect();
         let stored = self.read_clients(&names).await?;
-        let statuses = stored
-            .iter()
-            .filter_map(|(name, s)| s.unchanged_status(name))
-            .collect();
+        let mut clients = Vec::new();
+        let mut attention = Vec::new();
+        for (name, state) in &stored {
+            match Outcome::unchanged(name, state) {
+                Outcome::Done(status) => clients.push(status),
+                Outcome::Skipped => {}
+                Outcome::Attention(status, problem) => {
+                    clients.extend(status);
+                    attention.push(EntryProblem {
+                        name: name.clone(),
+                        problem,
+                    });
+                }
+            }
+        }
         let crl = match (&ca, self.store.read(&self.pki.ca_path).await?) {
             (Some(ca), Some(bundle)) => {
                 own_crl(bundle.data.get(BUNDLE_CRL).unwrap_or_default(), ca)
             }
             _ => None,
         };
-        Ok((ca, statuses, crl))
+        Ok(Inventory {
+            ca,
+            clients,
+            attention,
+            crl,
+        })
+    }
+
+    /// Logs an entry left alone, and records it for the summary.
+    fn attention(&self, name: &str, problem: String) -> EntryProblem {
+        warn!(client = name, path = %self.label(&self.client_path(name)), problem = %problem,
+              "left this client entry as it is; it needs an operator");
+        EntryProblem {
+            name: name.to_owned(),
+            problem,
+        }
+    }
+
+    /// A repair names only declared, unusable entries: anything else is a mistake to report
+    /// before the run writes.
+    fn check_repairs(&self, stored: &BTreeMap<String, Stored>) -> Result<()> {
+        let wrong: Vec<String> = self
+            .repair
+            .iter()
+            .filter(|name| !matches!(stored.get(*name), Some(Stored::Present(e)) if e.unusable.is_some()))
+            .cloned()
+            .collect();
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        Err(job_support::ConfigError::new(
+            "arguments",
+            format!(
+                "repair names entries whose PKCS#12 is usable, or that do not exist or are not this job's: {}; nothing was written",
+                wrong.join(", ")
+            ),
+        )
+        .into())
     }
 
     fn invalid(&self, path: &str, problem: String) -> anyhow::Error {
@@ -370,37 +440,19 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     }
 
     async fn read_client(&self, name: &str) -> Result<Stored> {
-        let path = self.client_path(name);
-        let entry = self.store.read(&path).await?;
-        if let Some(cas) = writable_absent(entry.as_ref()) {
-            return Ok(Stored::Absent { cas });
-        }
-        let entry = entry.ok_or_else(|| self.invalid(&path, "unreadable".into()))?;
-        parse_client(entry)
-            .map(|e| Stored::Present(Box::new(e)))
-            .map_err(|problem| self.invalid(&path, problem))
+        Ok(Stored::classify(
+            self.store.read(&self.client_path(name)).await?,
+        ))
     }
 
-    /// Reads every entry; any invalid one stops the run before a write, naming all of them.
+    /// Reads every entry. An entry the job cannot use does not stop the run: it is
+    /// classified, and the decisions leave it alone.
     async fn read_clients(&self, names: &BTreeSet<String>) -> Result<BTreeMap<String, Stored>> {
         let mut stored = BTreeMap::new();
-        let mut problems = Vec::new();
         for name in names {
-            match self.read_client(name).await {
-                Ok(state) => {
-                    stored.insert(name.clone(), state);
-                }
-                Err(e) if e.downcast_ref::<InvalidState>().is_some() => {
-                    problems.push(e.to_string());
-                }
-                Err(e) => return Err(e),
-            }
+            stored.insert(name.clone(), self.read_client(name).await?);
         }
-        if problems.is_empty() {
-            Ok(stored)
-        } else {
-            Err(self.invalid(&self.pki.clients_path, problems.join("; ")))
-        }
+        Ok(stored)
     }
 
     async fn converge_client(
@@ -409,46 +461,87 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         want: &DeclaredClient,
         state: &Stored,
         source: Source,
-    ) -> Result<Option<ClientStatus>> {
+    ) -> Result<Outcome> {
         let name = &want.name;
-        match state {
-            Stored::Absent { .. } if want.revoked => Ok(None),
-            Stored::Absent { cas } => self
-                .issue(ca, want, *cas, source, ClientAction::Issued, Vec::new())
-                .await
-                .map(Some),
-            Stored::Present(entry) if want.revoked => {
-                if entry.revoked.is_some() {
-                    Ok(Some(entry.status(name, ClientAction::StillRevoked)))
-                } else {
-                    self.revoke(name, entry, want.revocation_reason).await
-                }
-            }
-            Stored::Present(entry) => {
-                let info = entry.certificate.info();
-                let reissue = entry.revoked.is_some()
-                    || entry.email != want.email
-                    || entry.profile != want.profile
-                    || entry.certificate.verify_signed_by(&ca.certificate).is_err()
-                    || renewal_due(self.now, info.not_before, info.not_after, &self.pki.renewal);
-                if reissue {
-                    // A revoked certificate stays revoked after its user gets a new one.
-                    let carry = entry.all_revocations();
-                    self.issue(
-                        ca,
-                        want,
-                        entry.version,
-                        source,
-                        ClientAction::Renewed,
-                        carry,
-                    )
+        let entry = match state {
+            Stored::Absent { .. } if want.revoked => return Ok(Outcome::Skipped),
+            Stored::Absent { cas } => {
+                return self
+                    .issue(ca, want, *cas, source, ClientAction::Issued, Vec::new())
                     .await
-                    .map(Some)
-                } else {
-                    Ok(Some(entry.status(name, ClientAction::Kept)))
-                }
+                    .map(Outcome::Done);
             }
+            Stored::Unknown { problem } => {
+                return Ok(Outcome::Attention(None, problem.clone()));
+            }
+            Stored::Previous(previous) if want.revoked => {
+                return Ok(Outcome::Attention(
+                    Some(previous.status(name, ClientAction::Previous)),
+                    "declared revoked, but its certificate is from the previous scripts' CA: revoke it in that CA's CRL (LEGACY_CRL_FILES)".into(),
+                ));
+            }
+            Stored::Previous(previous) => return self.migrate(ca, want, previous).await,
+            Stored::Present(entry) => entry,
+        };
+        if want.revoked {
+            return Ok(Outcome::Done(if entry.revoked.is_some() {
+                entry.status(name, ClientAction::StillRevoked)
+            } else {
+                self.revoke(name, entry, want.revocation_reason).await?
+            }));
         }
+        let info = entry.certificate.info();
+        let reissue = entry.revoked.is_some()
+            || entry.email != want.email
+            || entry.profile != want.profile
+            || entry.certificate.verify_signed_by(&ca.certificate).is_err()
+            || renewal_due(self.now, info.not_before, info.not_after, &self.pki.renewal);
+        let repair = entry.unusable.is_some() && self.repair.contains(name);
+        if reissue || repair {
+            // A revoked certificate stays revoked after its user gets a new one.
+            let carry = entry.all_revocations();
+            return self
+                .issue(
+                    ca,
+                    want,
+                    entry.version,
+                    source,
+                    ClientAction::Renewed,
+                    carry,
+                )
+                .await
+                .map(Outcome::Done);
+        }
+        Ok(match &entry.unusable {
+            Some(problem) => Outcome::Attention(
+                Some(entry.status(name, ClientAction::Unusable)),
+                format!("{problem}; re-issue it with 'client-issuer-job repair {name}'"),
+            ),
+            None => Outcome::Done(entry.status(name, ClientAction::Kept)),
+        })
+    }
+
+    /// A declared user of the previous scripts: issued anew from this CA, over their entry
+    /// (the version read), keeping the old certificate in `previous_cert` for the record.
+    async fn migrate(
+        &self,
+        ca: &CaCredential,
+        want: &DeclaredClient,
+        previous: &PreviousEntry,
+    ) -> Result<Outcome> {
+        info!(client = %want.name, serial = %previous.certificate.info().serial_hex,
+              "migrating a user of the previous scripts to this CA");
+        self.issue_with(
+            ca,
+            want,
+            previous.version,
+            Source::File,
+            ClientAction::Migrated,
+            Vec::new(),
+            Some(&previous.certificate),
+        )
+        .await
+        .map(Outcome::Done)
     }
 
     async fn issue(
@@ -459,6 +552,21 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         source: Source,
         action: ClientAction,
         carry: Vec<RevokedCertificate>,
+    ) -> Result<ClientStatus> {
+        self.issue_with(ca, want, cas, source, action, carry, None)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)] // One call site each for issue and migrate.
+    async fn issue_with(
+        &self,
+        ca: &CaCredential,
+        want: &DeclaredClient,
+        cas: u64,
+        source: Source,
+        action: ClientAction,
+        carry: Vec<RevokedCertificate>,
+        previous: Option<&Certificate>,
     ) -> Result<ClientStatus> {
         let validity_days = want.validity_days.unwrap_or(self.pki.client_validity_days);
         let credential = issue_client_certificate(
@@ -497,12 +605,15 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         if !carry.is_empty() {
             data.insert("revoked_history", format_history(&carry));
         }
+        if let Some(previous) = previous {
+            data.insert("previous_cert", previous.to_pem());
+        }
         let path = self.client_path(&want.name);
         match self.store.write(&path, &data, cas).await? {
             WriteOutcome::Written { version } => {
                 info!(client = %want.name, path = %self.label(&path), version, serial = %info.serial_hex,
                       not_after = %rfc3339(info.not_after), profile = %want.profile,
-                      action = if action == ClientAction::Issued { "issued" } else { "renewed" },
+                      action = ?action,
                       "wrote the client certificate");
                 Ok(ClientStatus {
                     name: want.name.clone(),
@@ -511,7 +622,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                     not_after: info.not_after,
                     revoked: false,
                     revocations: carry,
-                    profile: want.profile,
+                    profile: Some(want.profile),
                     action,
                 })
             }
@@ -524,7 +635,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         name: &str,
         entry: &ClientEntry,
         reason: RevocationReason,
-    ) -> Result<Option<ClientStatus>> {
+    ) -> Result<ClientStatus> {
         let mut data = entry.data.clone();
         data.insert("status", "revoked");
         data.insert("revoked_at", rfc3339(self.now));
@@ -541,9 +652,9 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                     revoked_at: self.now,
                     reason,
                 });
-                Ok(Some(status))
+                Ok(status)
             }
-            WriteOutcome::Conflict => self.adopt(name).await.map(Some),
+            WriteOutcome::Conflict => self.adopt(name).await,
         }
     }
 
@@ -554,339 +665,36 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         );
         match self.read_client(name).await? {
             Stored::Present(entry) => Ok(entry.status(name, ClientAction::Adopted)),
-            Stored::Absent { .. } => Err(self.invalid(
-                &self.client_path(name),
-                "a conditional write conflicted, yet the entry reads as absent".into(),
-            )),
-        }
-    }
-
-    /// Writes the public bundle when its content changes: the CA certificates HAProxy trusts
-    /// and a CRL for each, ours re-signed when the revoked set changes or nextUpdate nears.
-    ///
-    /// The published revocation set only grows: each attempt starts from a fresh read of the
-    /// bundle, keeps every serial its CRL already lists and adds this run's, and writes with
-    /// check-and-set against the version it read. A run that loses the race to another run
-    /// therefore rebuilds on top of the winner's revocations instead of replacing them.
-    async fn finish(
-        &self,
-        ca: CaCredential,
-        ca_created: bool,
-        mut clients: Vec<ClientStatus>,
-    ) -> Result<RunSummary> {
-        clients.sort_by(|a, b| a.name.cmp(&b.name));
-        let known: Vec<RevokedCertificate> = clients
-            .iter()
-            .flat_map(|c| c.revocations.iter().cloned())
-            .collect();
-        let path = &self.pki.ca_path;
-        for attempt in 1..=BUNDLE_ATTEMPTS {
-            let stored = self.store.read(path).await?;
-            let (cas, previous) = self.stored_bundle(stored.as_ref(), &ca.certificate)?;
-            let published = match &previous {
-                Some(crl) => crl
-                    .revoked_certificates()
-                    .map_err(|e| self.invalid(path, e.to_string()))?,
-                None => Vec::new(),
-            };
-            let revoked = merge_revocations(&published, &known);
-            let wanted: BTreeSet<String> =
-                revoked.iter().map(RevokedCertificate::serial_hex).collect();
-            let fresh = previous.as_ref().filter(|crl| {
-                let listed: BTreeSet<String> = crl
-                    .info()
-                    .revoked
-                    .iter()
-                    .map(|r| r.serial_hex.clone())
-                    .collect();
-                listed == wanted
-                    && crl
-                        .info()
-                        .next_update
-                        .is_some_and(|next| next - self.now > self.pki.crl_renew_before)
-            });
-            let (crl_pem, crl_signed) = if let Some(crl) = fresh {
-                (crl.to_pem(), false)
-            } else {
-                let number = previous
-                    .as_ref()
-                    .and_then(|c| c.info().crl_number)
-                    .unwrap_or(0)
-                    + 1;
-                let params = CrlParams {
-                    this_update: self.now,
-                    next_update: self.now + self.pki.crl_validity,
-                    crl_number: number,
-                    revoked: revoked.clone(),
-                };
-                (sign_crl(&ca, &params)?, true)
-            };
-            let crl = Crl::from_pem(&crl_pem, BUNDLE_CRL)?;
-            let mut ca_bundle = ca.certificate.to_pem();
-            let mut crl_bundle = crl_pem.clone();
-            for legacy in &self.pki.legacy {
-                ca_bundle.push_str(&legacy.certificate.to_pem());
-                crl_bundle.push_str(legacy.crl_pem.trim_end());
-                crl_bundle.push('\n');
-            }
-            let next_update = crl.info().next_update.unwrap_or(self.now);
-            let summary = |bundle_written| RunSummary {
-                ca_created,
-                ca_not_after: ca.certificate.info().not_after,
-                crl_next_update: next_update,
-                crl_signed,
-                bundle_written,
-                clients: clients.clone(),
-            };
-            let unchanged = stored.as_ref().is_some_and(|e| {
-                e.data.get(BUNDLE_CA) == Some(ca_bundle.as_str())
-                    && e.data.get(BUNDLE_CRL) == Some(crl_bundle.as_str())
-            });
-            if unchanged {
-                return Ok(summary(false));
-            }
-            let mut data = SecretData::new();
-            data.insert(BUNDLE_CA, ca_bundle);
-            data.insert(BUNDLE_CRL, crl_bundle);
-            data.insert("created", rfc3339(self.now));
-            data.insert("not_after", rfc3339(ca.certificate.info().not_after));
-            data.insert(
-                "crl_number",
-                crl.info().crl_number.unwrap_or_default().to_string(),
-            );
-            data.insert("crl_next_update", rfc3339(next_update));
-            match self.store.write(path, &data, cas).await? {
-                WriteOutcome::Written { version } => {
-                    info!(path = %self.label(path), version, crl_number = crl.info().crl_number.unwrap_or_default(),
-                          revoked = revoked.len(), legacy_cas = self.pki.legacy.len(), "wrote the trust bundle and CRL");
-                    return Ok(summary(true));
-                }
-                WriteOutcome::Conflict => {
-                    info!(path = %self.label(path), attempt,
-                          "another run wrote the trust bundle first; rebuilding on top of its revocations");
-                }
+            Stored::Previous(_) | Stored::Unknown { .. } | Stored::Absent { .. } => {
+                Err(self.invalid(
+                    &self.client_path(name),
+                    "a conditional write conflicted, and what the other writer left is not a client entry of this job".into(),
+                ))
             }
         }
-        anyhow::bail!(
-            "'{}' kept changing under concurrent runs; gave up after {BUNDLE_ATTEMPTS} attempts (every revocation stays recorded in its client entry; the next run publishes it)",
-            self.label(path)
-        )
-    }
-
-    /// The stored bundle, checked before anything is built on it: the version a write must
-    /// name, and the CRL of ours it holds (`None` for an absent or placeholder entry, or the
-    /// bundle of another CA, which this CA's bundle replaces). An entry with fields this job
-    /// never writes (a CA and key of the previous scripts, say) or a `crl.pem` that is not a
-    /// CRL bundle is invalid state: it is reported, never overwritten.
-    fn stored_bundle(
-        &self,
-        stored: Option<&KvEntry>,
-        ca: &Certificate,
-    ) -> Result<(u64, Option<Crl>)> {
-        let (entry, crls) = match self.check_bundle(stored)? {
-            BundleState::Absent { cas } => return Ok((cas, None)),
-            BundleState::Present { entry, crls } => (entry, crls),
-        };
-        let ours_trusted = entry
-            .data
-            .get(BUNDLE_CA)
-            .is_some_and(|pem| pem.contains(ca.to_pem().trim()));
-        let own = crls
-            .into_iter()
-            .find(|crl| crl.verify_signed_by(ca).is_ok());
-        if own.is_none() && ours_trusted {
-            return Err(self.invalid(
-                &self.pki.ca_path,
-                format!("'{BUNDLE_CA}' trusts the client CA but '{BUNDLE_CRL}' holds no CRL signed by it"),
-            ));
-        }
-        Ok((entry.version, own))
-    }
-
-    /// The shape check of the bundle entry, which needs no CA: run before the first write of
-    /// a run, and again on every read of the bundle.
-    fn check_bundle<'e>(&self, stored: Option<&'e KvEntry>) -> Result<BundleState<'e>> {
-        if let Some(cas) = writable_absent(stored) {
-            return Ok(BundleState::Absent { cas });
-        }
-        let entry = stored.ok_or_else(|| self.invalid(&self.pki.ca_path, "unreadable".into()))?;
-        let path = &self.pki.ca_path;
-        let foreign: Vec<&str> = entry
-            .data
-            .fields()
-            .filter(|f| !BUNDLE_FIELDS.contains(f))
-            .collect();
-        if !foreign.is_empty() {
-            return Err(self.invalid(
-                path,
-                format!(
-                    "holds fields this job never writes ({}); expected only {}. Nothing was written",
-                    foreign.join(", "),
-                    BUNDLE_FIELDS.join(", ")
-                ),
-            ));
-        }
-        let text = entry
-            .data
-            .get(BUNDLE_CRL)
-            .ok_or_else(|| self.invalid(path, format!("missing field '{BUNDLE_CRL}'")))?;
-        let crls = Crl::bundle_from_pem(text, BUNDLE_CRL)
-            .map_err(|e| self.invalid(path, e.to_string()))?;
-        if crls.is_empty() {
-            return Err(self.invalid(
-                path,
-                format!("field '{BUNDLE_CRL}' holds no CRL; nothing was written"),
-            ));
-        }
-        Ok(BundleState::Present { entry, crls })
-    }
-
-    /// Reads the bundle entry and checks its shape, before the run writes anything.
-    async fn precheck_bundle(&self) -> Result<()> {
-        let stored = self.store.read(&self.pki.ca_path).await?;
-        self.check_bundle(stored.as_ref()).map(drop)
-    }
-
-    /// Checks the bundle against the client CA, before any client entry is written.
-    async fn check_bundle_against(&self, ca: &Certificate) -> Result<()> {
-        let stored = self.store.read(&self.pki.ca_path).await?;
-        self.stored_bundle(stored.as_ref(), ca).map(drop)
     }
 }
 
-/// The bundle entry as read, shape-checked.
-enum BundleState<'e> {
-    /// Absent or a placeholder: the version a write must name.
-    Absent { cas: u64 },
-    /// A bundle: the entry and every CRL of its `crl.pem`.
-    Present { entry: &'e KvEntry, crls: Vec<Crl> },
-}
-
+/// What the decisions did with one entry.
 #[derive(Debug)]
-enum Stored {
-    Absent { cas: u64 },
-    Present(Box<ClientEntry>),
+enum Outcome {
+    /// Converged (or left as it is, all well).
+    Done(ClientStatus),
+    /// Nothing stored and nothing wanted (a revoked client that was never issued).
+    Skipped,
+    /// Left alone: an operator must look at it. The status, where the entry has one.
+    Attention(Option<ClientStatus>, String),
 }
 
-impl Stored {
-    /// The status of an entry this run leaves as it is.
-    fn unchanged_status(&self, name: &str) -> Option<ClientStatus> {
-        match self {
-            Self::Present(e) => {
-                let action = if e.revoked.is_some() {
-                    ClientAction::StillRevoked
-                } else {
-                    ClientAction::Kept
-                };
-                Some(e.status(name, action))
-            }
-            Self::Absent { .. } => None,
+impl Outcome {
+    /// The outcome for an entry this run does not change.
+    fn unchanged(name: &str, state: &Stored) -> Self {
+        let status = state.unchanged_status(name);
+        match state.problem() {
+            Some(problem) => Self::Attention(status, problem.to_owned()),
+            None => status.map_or(Self::Skipped, Self::Done),
         }
     }
-}
-
-fn parse_client(entry: KvEntry) -> Result<ClientEntry, String> {
-    let field = |name: &str| {
-        entry.data.get(name).map(str::to_owned).ok_or_else(|| {
-            let present: Vec<_> = entry.data.fields().collect();
-            format!(
-                "missing field '{name}' (fields present: {})",
-                present.join(", ")
-            )
-        })
-    };
-    let certificate = Certificate::from_pem(&field("cert")?, "cert").map_err(|e| e.to_string())?;
-    let profile = field("profile")?
-        .parse()
-        .map_err(|e: pki_core::PkiError| e.to_string())?;
-    let email = field("email")?;
-    let source = match entry.data.get("source") {
-        Some("manual") => Source::Manual,
-        _ => Source::File,
-    };
-    let revoked = match entry.data.get("status") {
-        None | Some("active") => None,
-        Some("revoked") => {
-            let at = OffsetDateTime::parse(&field("revoked_at")?, &Rfc3339)
-                .map_err(|e| format!("field 'revoked_at' is not an RFC 3339 time: {e}"))?;
-            let reason = entry
-                .data
-                .get("revocation_reason")
-                .map(str::parse::<RevocationReason>)
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
-            Some((at, reason))
-        }
-        Some(other) => {
-            return Err(format!(
-                "field 'status' is '{other}', not active or revoked"
-            ));
-        }
-    };
-    let history = parse_history(entry.data.get("revoked_history").unwrap_or_default())?;
-    Ok(ClientEntry {
-        version: entry.version,
-        data: entry.data,
-        certificate,
-        email,
-        profile,
-        source,
-        revoked,
-        history,
-    })
-}
-
-/// `revoked_history`: one line per earlier certificate, `<serial hex> <revoked at> <reason>`.
-fn format_history(revocations: &[RevokedCertificate]) -> String {
-    let mut out = String::new();
-    for r in revocations {
-        let _ = writeln!(
-            out,
-            "{} {} {}",
-            r.serial_hex(),
-            rfc3339(r.revoked_at),
-            r.reason
-        );
-    }
-    out
-}
-
-fn parse_history(text: &str) -> Result<Vec<RevokedCertificate>, String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let bad = || format!("field 'revoked_history' has a malformed line '{line}'");
-            let mut parts = line.split_whitespace();
-            let (Some(serial), Some(at), Some(reason)) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(bad());
-            };
-            let serial = (0..serial.len())
-                .step_by(2)
-                .map(|i| {
-                    serial
-                        .get(i..i + 2)
-                        .and_then(|b| u8::from_str_radix(b, 16).ok())
-                })
-                .collect::<Option<Vec<u8>>>()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(bad)?;
-            Ok(RevokedCertificate {
-                serial,
-                revoked_at: OffsetDateTime::parse(at, &Rfc3339).map_err(|_| bad())?,
-                reason: reason.parse().map_err(|_| bad())?,
-            })
-        })
-        .collect()
-}
-
-/// The CRL in `pem_bundle` that `ca` signed, if any.
-fn own_crl(pem_bundle: &str, ca: &Certificate) -> Option<Crl> {
-    Crl::bundle_from_pem(pem_bundle, BUNDLE_CRL)
-        .ok()?
-        .into_iter()
-        .find(|crl| crl.verify_signed_by(ca).is_ok())
 }
 
 /// RFC 3339, as the seed's expiry check reads `created`.
@@ -894,5 +702,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
+mod bundle;
+mod entry;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use job_support::config::ConfigError;
-use job_support::exit::{Failure, report as report_error};
+use job_support::exit::{Classified, Failure, report as report_error};
 use job_support::{SecretStore, logging};
 use pki_core::time::OffsetDateTime;
 use tracing::{info, warn};
@@ -24,6 +24,8 @@ use crate::issuer::{ClientAction, Issuer, RunSummary};
 /// The command line, after the first stage of parsing.
 enum Command {
     Converge,
+    /// Converge, re-issuing these clients' unusable entries.
+    Repair(Vec<String>),
     Issue(DeclaredClient),
     Report,
 }
@@ -62,6 +64,16 @@ fn parse_args(args: &[String]) -> Result<Command, ConfigError> {
     match args.first().map(String::as_str) {
         None | Some("converge") => Ok(Command::Converge),
         Some("report") => Ok(Command::Report),
+        Some("repair") => {
+            let names: Vec<String> = args[1..].to_vec();
+            if names.is_empty() {
+                return Err(usage("repair takes one or more client names".into()));
+            }
+            if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+                return Err(usage(format!("'{bad}' is not a client name")));
+            }
+            Ok(Command::Repair(names))
+        }
         Some("issue") => {
             let mut positional = Vec::new();
             let mut profile = pki_core::Pkcs12Profile::Modern;
@@ -134,7 +146,10 @@ fn run(config: &Config, command: Command) -> Result<()> {
         let result = execute(config, command).await;
         if let Some((url, job)) = &config.pushgateway {
             let (summary, success) = match &result {
-                Ok(summary) => (summary.as_ref(), true),
+                Ok(summary) => (
+                    summary.as_ref(),
+                    summary.as_ref().is_none_or(|s| s.attention.is_empty()),
+                ),
                 Err(_) => (None, false),
             };
             let body = report::metrics(summary, success, OffsetDateTime::now_utc());
@@ -143,32 +158,54 @@ fn run(config: &Config, command: Command) -> Result<()> {
                 warn!("{e:#}");
             }
         }
-        result.map(|_| ())
+        match result? {
+            Some(summary) if !summary.attention.is_empty() => Err(Classified {
+                failure: Failure::Attention,
+                message: format!(
+                    "{} client entries were left alone and need an operator: {}",
+                    summary.attention.len(),
+                    summary
+                        .attention
+                        .iter()
+                        .map(|a| format!("'{}' ({})", a.name, a.problem))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            }
+            .into()),
+            _ => Ok(()),
+        }
     })
 }
 
 async fn execute(config: &Config, command: Command) -> Result<Option<RunSummary>> {
     // The clients file is validated before anything touches the store.
     let declared = match command {
-        Command::Converge => Some(read_clients_file(config)?),
+        Command::Converge | Command::Repair(_) => Some(read_clients_file(config)?),
         _ => None,
     };
     let store = config.store.open().await?;
     let now = OffsetDateTime::now_utc();
-    let issuer = Issuer::new(&store, &config.pki, now);
     let summary = match command {
         Command::Converge => {
-            issuer
+            Issuer::new(&store, &config.pki, now)
                 .converge(declared.as_deref().unwrap_or_default())
                 .await?
         }
-        Command::Issue(client) => issuer.issue_one(&client).await?,
+        Command::Repair(names) => {
+            Issuer::new(&store, &config.pki, now)
+                .repairing(names)
+                .converge(declared.as_deref().unwrap_or_default())
+                .await?
+        }
+        Command::Issue(client) => {
+            Issuer::new(&store, &config.pki, now)
+                .issue_one(&client)
+                .await?
+        }
         Command::Report => {
-            let (ca, clients, crl) = issuer.statuses().await?;
-            print!(
-                "{}",
-                report::table(ca.as_ref(), &clients, crl.as_ref(), now)
-            );
+            let inventory = Issuer::new(&store, &config.pki, now).inventory().await?;
+            print!("{}", report::table(&inventory, now));
             return Ok(None);
         }
     };
@@ -189,6 +226,9 @@ async fn execute(config: &Config, command: Command) -> Result<Option<RunSummary>
         renewed = summary.count(ClientAction::Renewed),
         revoked = summary.count(ClientAction::Revoked),
         adopted = summary.count(ClientAction::Adopted),
+        migrated = summary.count(ClientAction::Migrated),
+        previous_scripts = summary.count(ClientAction::Previous),
+        needing_attention = summary.attention.len(),
         expiring_within_30_days = expiring,
         crl_signed = summary.crl_signed,
         crl_next_update = %issuer::rfc3339(summary.crl_next_update),
@@ -231,7 +271,8 @@ fn help() -> String {
          \x20   client-issuer-job                      converge on CLIENTS_FILE (the CronJob)\n\
          \x20   client-issuer-job issue <name> <email> [--profile modern|legacy] [--validity-days N]\n\
          \x20                                          issue one client (not revoked when absent from the file)\n\
-         \x20   client-issuer-job report               print every client, its expiry and status\n\n\
+         \x20   client-issuer-job report               print every client, its expiry and status\n\
+         \x20   client-issuer-job repair <name>...     converge, re-issuing these clients' unusable entries\n\n\
          A user fetches their bundle as in the seed:\n\
          \x20   vault kv get -field=p12 secret/pki/clients/<name> | base64 -d > <name>.p12\n\
          \x20   vault kv get -field=password secret/pki/clients/<name>\n\n\

@@ -6,18 +6,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pki_core::time::OffsetDateTime;
-use pki_core::{Certificate, Crl};
 
-use crate::issuer::{ClientAction, ClientStatus, RunSummary, rfc3339};
+use crate::issuer::{ClientAction, Inventory, RunSummary, rfc3339};
 
-/// The `report` table: one line per client, then the CA and CRL.
+/// The `report` table: one line per client, the entries that need an operator, then the CA
+/// and CRL.
 #[must_use]
-pub fn table(
-    ca: Option<&Certificate>,
-    clients: &[ClientStatus],
-    crl: Option<&Crl>,
-    now: OffsetDateTime,
-) -> String {
+pub fn table(inventory: &Inventory, now: OffsetDateTime) -> String {
+    let Inventory {
+        ca,
+        clients,
+        attention,
+        crl,
+    } = inventory;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -30,20 +31,30 @@ pub fn table(
             "revoked"
         } else if days < 0 {
             "expired"
+        } else if c.action == ClientAction::Unusable {
+            "unusable"
         } else {
             "active"
         };
+        let profile = c.profile.map_or("previous", |p| p.name());
+        let email = if c.email.is_empty() { "-" } else { &c.email };
         let _ = writeln!(
             out,
             "{:<24} {:<32} {:<34} {:<20} {:>9} {:<8} {:<7}",
             c.name,
-            c.email,
+            email,
             c.serial,
             rfc3339(c.not_after),
             days,
             status,
-            c.profile
+            profile
         );
+    }
+    if !attention.is_empty() {
+        let _ = writeln!(out, "\nentries left alone, to look at:");
+        for a in attention {
+            let _ = writeln!(out, "  {}: {}", a.name, a.problem);
+        }
     }
     match ca {
         Some(ca) => {
@@ -101,12 +112,26 @@ pub fn metrics(summary: Option<&RunSummary>, success: bool, now: OffsetDateTime)
                 format!(
                     "{{client=\"{}\",status=\"{}\"}}",
                     c.name,
-                    if c.revoked { "revoked" } else { "active" }
+                    match c.action {
+                        _ if c.revoked => "revoked",
+                        ClientAction::Previous => "previous",
+                        _ => "active",
+                    }
                 ),
                 c.not_after.unix_timestamp(),
             )
         })
         .collect();
+    let problems: Vec<(String, i64)> = summary
+        .attention
+        .iter()
+        .map(|a| (format!("{{client=\"{}\"}}", a.name), 1))
+        .collect();
+    gauge(
+        "client_issuer_client_entry_needs_attention",
+        "1 for each client entry the last run left alone because it cannot be used; the job's log and report say why.",
+        &problems,
+    );
     gauge(
         "client_issuer_client_cert_expiry_timestamp_seconds",
         "notAfter of each client certificate.",
@@ -128,6 +153,9 @@ pub fn metrics(summary: Option<&RunSummary>, success: bool, now: OffsetDateTime)
         ("revoked", ClientAction::Revoked),
         ("kept", ClientAction::Kept),
         ("adopted", ClientAction::Adopted),
+        ("migrated", ClientAction::Migrated),
+        ("previous", ClientAction::Previous),
+        ("unusable", ClientAction::Unusable),
     ]
     .into_iter()
     .map(|(label, action)| {

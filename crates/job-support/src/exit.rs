@@ -24,6 +24,9 @@ pub enum Failure {
     Denied = 6,
     /// 7: the Kubernetes API refused an object (namespace missing, invalid object).
     Rejected = 7,
+    /// 8: the run converged everything else, but left entries it cannot use as they were;
+    /// each is named in the log and the report.
+    Attention = 8,
 }
 
 impl Failure {
@@ -37,7 +40,8 @@ EXIT CODES:
     4  Vault or the state directory unreachable (after bounded retries)
     5  existing state is invalid (nothing was written)
     6  Vault policy or Kubernetes RBAC refuses a read or write
-    7  the Kubernetes API refused an object (e.g. its namespace does not exist)";
+    7  the Kubernetes API refused an object (e.g. its namespace does not exist)
+    8  done, but entries were left alone that an operator must look at (each named)";
 
     /// The class of an error chain: the first error in it that has a class.
     #[must_use]

@@ -186,7 +186,7 @@ fn a_published_revocation_survives_its_entry_being_deleted_by_hand() {
 fn losing_every_race_is_bounded_and_names_the_bundle() {
     let store = three_clients();
     // Before each of this run's bundle writes, another run rewrites the bundle unchanged.
-    for _ in 0..super::BUNDLE_ATTEMPTS {
+    for _ in 0..super::bundle::BUNDLE_ATTEMPTS {
         store.before_write(BUNDLE, 1, |contents| {
             let current = contents.current(BUNDLE).unwrap();
             contents.put(BUNDLE, current.data);
@@ -339,9 +339,167 @@ fn the_store_sees_no_write_from_a_report() {
     let store = three_clients();
     let pki = PkiSettings::defaults("secret");
     let writes = store.written().len();
-    let (ca, statuses, crl) = block_on(Issuer::new(&store, &pki, t0()).statuses()).unwrap();
-    assert!(ca.is_some() && crl.is_some());
-    assert_eq!(statuses.len(), 3);
+    let inventory = block_on(Issuer::new(&store, &pki, t0()).inventory()).unwrap();
+    assert!(inventory.ca.is_some() && inventory.crl.is_some());
+    assert_eq!(inventory.clients.len(), 3);
     assert_eq!(store.written().len(), writes);
     let _ = store.describe();
+}
+
+/// Replaces one field of a stored client entry, as a hand edit would.
+fn edit(store: &ScriptedStore, name: &str, field: &str, value: &str) {
+    let path = format!("pki/clients/{name}");
+    let mut data = store.current(&path).unwrap().data;
+    data.insert(field, value);
+    store.put(&path, data);
+}
+
+fn problems(summary: &RunSummary) -> Vec<(String, String)> {
+    summary
+        .attention
+        .iter()
+        .map(|a| (a.name.clone(), a.problem.clone()))
+        .collect()
+}
+
+#[test]
+fn unusable_bundles_are_named_left_alone_and_repaired_on_request() {
+    let store = three_clients();
+    edit(&store, "alice", "p12", "garbage!");
+    // carol's entry gets bob's bundle, with the password that opens it.
+    let bob = store.current("pki/clients/bob").unwrap().data;
+    edit(&store, "carol", "p12", bob.get("p12").unwrap());
+    edit(&store, "carol", "password", bob.get("password").unwrap());
+    edit(&store, "bob", "password", "not-the-password");
+    let store = ScriptedStore::with_contents(store.contents());
+
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+
+    assert_eq!(
+        problems(&summary),
+        [
+            ("alice".into(), "field 'p12' is not base64; re-issue it with 'client-issuer-job repair alice'".into()),
+            ("bob".into(), "invalid PKCS#12 bundle: field 'p12' cannot be opened: MAC tag mismatch (wrong 'password', or 'p12' is corrupted); re-issue it with 'client-issuer-job repair bob'".into()),
+            ("carol".into(), format!("field 'p12' holds the certificate of 'CN=bob' (serial {}), not this entry's (serial {}); re-issue it with 'client-issuer-job repair carol'", serial(&store, "bob"), serial(&store, "carol"))),
+        ]
+    );
+    assert!(
+        store.written().is_empty(),
+        "left alone: {:?}",
+        store.written()
+    );
+
+    // Repair re-issues only what is named, keeping the others as they are.
+    let pki = PkiSettings::defaults("secret");
+    let issuer =
+        Issuer::new(&store, &pki, t0() + Duration::minutes(2)).repairing(["carol".to_owned()]);
+    let summary = block_on(issuer.converge(&clients(&["alice", "bob", "carol"]))).unwrap();
+    assert_eq!(store.written(), ["pki/clients/carol"]);
+    assert_eq!(
+        summary
+            .attention
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    let carol = summary.clients.iter().find(|c| c.name == "carol").unwrap();
+    assert_eq!(carol.action, super::ClientAction::Renewed);
+}
+
+#[test]
+fn repairing_a_usable_or_missing_entry_is_refused_before_any_write() {
+    let store = three_clients();
+    let pki = PkiSettings::defaults("secret");
+    let issuer = Issuer::new(&store, &pki, t0()).repairing(["alice".to_owned(), "zed".to_owned()]);
+    let error = block_on(issuer.converge(&clients(&["alice", "bob", "carol"]))).unwrap_err();
+    assert_eq!(
+        format!("{error:#}"),
+        "invalid arguments: repair names entries whose PKCS#12 is usable, or that do not exist or are not this job's: alice, zed; nothing was written"
+    );
+    assert!(store.written().is_empty());
+}
+
+/// An entry as the previous scripts' `generate_client_cert` left it (`p12`, `cert`,
+/// `created`), from a CA of their own.
+fn previous_entry(name: &str) -> SecretData {
+    let ca = pki_core::generate_root_ca(
+        &pki_core::CaParams {
+            subject: pki_core::SubjectName::new("NAS", "Client CA"),
+            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(3650),
+        },
+        t0() - Duration::days(100),
+    )
+    .unwrap();
+    let credential = pki_core::issue_client_certificate(
+        &ca,
+        &pki_core::ClientCertificateParams {
+            name: name.into(),
+            email: format!("{name}@example.org"),
+            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(365),
+        },
+        t0() - Duration::days(100),
+    )
+    .unwrap();
+    let mut data = SecretData::new();
+    data.insert("p12", "MIIC...");
+    data.insert("cert", credential.certificate.to_pem());
+    data.insert("created", "2025-10-02T12:00:00Z");
+    data
+}
+
+#[test]
+fn entries_of_the_previous_scripts_are_kept_listed_and_migrated_when_declared() {
+    let store = ScriptedStore::new();
+    store.put("pki/clients/olduser", previous_entry("olduser"));
+    store.put("pki/clients/migrant", previous_entry("migrant"));
+    let mut odd = SecretData::new();
+    odd.insert("note", "something else");
+    store.put("pki/clients/stranger", odd);
+
+    let summary = converge(&store, &["alice", "migrant"], t0()).unwrap();
+
+    let action = |name: &str| {
+        summary
+            .clients
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.action)
+    };
+    assert_eq!(action("olduser"), Some(super::ClientAction::Previous));
+    assert_eq!(action("migrant"), Some(super::ClientAction::Migrated));
+    assert_eq!(action("alice"), Some(super::ClientAction::Issued));
+    assert_eq!(action("stranger"), None);
+    assert_eq!(
+        problems(&summary),
+        [(
+            "stranger".into(),
+            "missing field 'cert' (fields present: note)".into()
+        )]
+    );
+    // The undeclared user's entry and the stranger are untouched; the migrant's is ours now,
+    // with the old certificate kept for the record.
+    assert_eq!(store.current("pki/clients/olduser").unwrap().version, 1);
+    assert_eq!(store.current("pki/clients/stranger").unwrap().version, 1);
+    let migrant = store.current("pki/clients/migrant").unwrap();
+    assert_eq!(migrant.version, 2);
+    assert_eq!(
+        migrant.data.get("previous_cert"),
+        previous_entry("migrant")
+            .get("cert")
+            .map(|_| migrant.data.get("previous_cert").unwrap())
+    );
+    assert!(migrant.data.get("password").is_some());
+    // A second run is a no-op apart from what still needs an operator.
+    let store = ScriptedStore::with_contents(store.contents());
+    let summary = converge(&store, &["alice", "migrant"], t0() + Duration::minutes(1)).unwrap();
+    assert!(store.written().is_empty(), "{:?}", store.written());
+    assert_eq!(summary.attention.len(), 1);
 }
