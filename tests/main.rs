@@ -11,3 +11,4 @@ mod nas_sync;
 mod pki_interop;
 mod support;
 mod vault_policies;
+mod vault_store;
