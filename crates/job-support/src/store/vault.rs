@@ -935,10 +935,12 @@ mod tests {
 
     use super::*;
 
-    /// Answers recorded from a three-node OpenBao 2.7.2 Raft cluster while its active node was
-    /// killed or stepped down (`standby_answers_during_an_election_can_pass` in
-    /// `tests/vault_ha.rs` records them afresh on every run and prints them; these are copied
-    /// from its output), plus the sealed node it restarts: status, body.
+    /// Answers of a three-node OpenBao 2.7.2 Raft cluster, as received (status, body): the
+    /// 307, 500 and 503 while its active node was stepped down, killed and restarted sealed
+    /// (`standby_answers_during_an_election_can_pass` in `tests/vault_ha.rs` records them
+    /// afresh on every run, prints them, and checks each with [`answer_can_pass`]); the 400
+    /// from a standby asked for a KV v2 mount enabled a moment before, and the 429 of a
+    /// standby's `sys/health`, recorded from the same cluster with curl.
     const ELECTION_ANSWERS: [(u16, &str); 5] = [
         (307, ""),
         (
