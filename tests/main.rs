@@ -10,4 +10,6 @@ mod manifests;
 mod nas_sync;
 mod pki_interop;
 mod support;
+mod vault_ha;
 mod vault_policies;
+mod vault_store;

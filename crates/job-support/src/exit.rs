@@ -12,13 +12,15 @@ use crate::store::StoreError;
 pub enum Failure {
     /// 1: a failure with no better class (a bug, an I/O error outside the store).
     Other = 1,
-    /// 2: a configuration variable is missing or invalid.
+    /// 2: a configuration variable is missing or invalid, including a `VAULT_ADDR` where no
+    /// Vault answers and a `VAULT_KV_MOUNT` that is not a KV version 2 mount.
     Config = 2,
-    /// 3: Vault refused the login (wrong role, token not accepted).
+    /// 3: Vault refused the login (wrong role, token not accepted), or the token is invalid or
+    /// expired.
     Auth = 3,
     /// 4: Vault (or the state directory) could not be reached, after retries.
     Unreachable = 4,
-    /// 5: existing state is invalid; nothing was written.
+    /// 5: existing state is invalid, or its latest version is deleted; nothing was written.
     InvalidState = 5,
     /// 6: logged in, but the policy (or Kubernetes RBAC) refuses a read or write.
     Denied = 6,
@@ -35,10 +37,12 @@ impl Failure {
 EXIT CODES:
     0  done, or nothing to do
     1  unexpected failure
-    2  configuration error (a variable is missing or invalid)
-    3  Vault login refused (role, token or auth mount)
-    4  Vault or the state directory unreachable (after bounded retries)
-    5  existing state is invalid (nothing was written)
+    2  configuration error (a variable is missing or invalid; VAULT_ADDR is not Vault;
+       VAULT_KV_MOUNT is not a KV version 2 mount)
+    3  Vault login refused, or the Vault token is invalid or expired
+    4  Vault or the state directory unreachable, sealed or electing a leader (after
+       bounded retries); the next run converges
+    5  existing state is invalid, or its latest version is deleted (nothing was written)
     6  Vault policy or Kubernetes RBAC refuses a read or write
     7  the Kubernetes API refused an object (e.g. its namespace does not exist)
     8  done, but entries were left alone that an operator must look at (each named)";

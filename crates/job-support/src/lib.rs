@@ -1,6 +1,7 @@
 //! The I/O every job shares, in one place: the state store (Vault/OpenBao KV v2, or a local
 //! directory with the same check-and-set semantics) and its configuration, logging set-up,
-//! and exit codes. Certificate logic lives in `pki-core`; each job's decisions in its crate.
+//! the retry policy, and exit codes. Certificate logic lives in `pki-core`; each job's
+//! decisions in its crate.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -8,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod retry;
 pub mod store;
 
 pub use config::{AnyStore, ConfigError, StoreConfig, StoreLocation};

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use job_support::Failure;
 use job_support::exit::Classified;
+use job_support::retry::{Request, RetryPolicy, retry, transient_status};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
-use tracing::warn;
 
 /// The field manager of every apply; the fields it owns are this job's.
 pub const FIELD_MANAGER: &str = "nas-sync-job";
@@ -118,74 +118,68 @@ impl KubeTarget {
         Ok(Self::new(client, max_attempts))
     }
 
-    async fn retry<T, F, Fut>(
-        &self,
-        operation: &str,
-        target: &str,
-        mut attempt: F,
-    ) -> anyhow::Result<T>
+    /// Sends one request under the jobs' shared retry policy, and classifies its failure.
+    async fn retry<T, F, Fut>(&self, operation: &str, target: &str, attempt: F) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        let mut delay = Duration::from_millis(200);
-        for n in 1..=self.max_attempts {
-            match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(e) => {
-                    let (failure, transient, detail) = classify(&e);
-                    if !transient || n == self.max_attempts {
-                        let suffix = if transient {
-                            format!(" (after {n} attempts)")
-                        } else {
-                            String::new()
-                        };
-                        return Err(Classified {
-                            failure,
-                            message: format!(
-                                "{operation} secret '{target}' failed: {detail}{suffix}"
-                            ),
-                        }
-                        .into());
-                    }
-                    warn!(operation, secret = target, attempt = n, retry_in_ms = delay.as_millis() as u64, error = %detail, "Kubernetes request failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(3));
-                }
+        let request = Request {
+            peer: "Kubernetes",
+            operation,
+            object: target,
+        };
+        retry(
+            RetryPolicy::new(self.max_attempts),
+            request,
+            can_pass,
+            attempt,
+        )
+        .await
+        .map_err(|gave_up| {
+            let (failure, detail) = classify(&gave_up.error);
+            Classified {
+                failure,
+                message: format!(
+                    "{operation} secret '{target}' failed: {detail}{}",
+                    gave_up.attempts_note()
+                ),
             }
-        }
-        unreachable_attempts()
+            .into()
+        })
     }
 }
 
-fn unreachable_attempts<T>() -> anyhow::Result<T> {
-    Err(Classified {
-        failure: Failure::Other,
-        message: "no attempt was made".into(),
+/// Whether a failed request can pass if sent again, by status: no answer, 429 (API priority
+/// and fairness) and 5xx, per the shared rule; every other status is a refusal.
+fn can_pass(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => transient_status(status.code),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
     }
-    .into())
 }
 
-/// Exit class, whether it can pass, and what to say: the API server's own message included.
-fn classify(e: &kube::Error) -> (Failure, bool, String) {
+/// Exit class and what to say: the API server's own message included.
+fn classify(e: &kube::Error) -> (Failure, String) {
     match e {
         kube::Error::Api(status) => {
             let detail = format!(
                 "the API server answered {} {}: {}",
                 status.code, status.reason, status.message
             );
-            match status.code {
-                401 | 403 => (Failure::Denied, false, detail),
-                429 | 500.. => (Failure::Unreachable, true, detail),
-                _ => (Failure::Rejected, false, detail),
-            }
+            let failure = match status.code {
+                401 | 403 => Failure::Denied,
+                code if transient_status(code) => Failure::Unreachable,
+                _ => Failure::Rejected,
+            };
+            (failure, detail)
         }
         kube::Error::HyperError(_) | kube::Error::Service(_) => (
             Failure::Unreachable,
-            true,
             format!("cannot reach the API server: {e}"),
         ),
-        other => (Failure::Other, false, other.to_string()),
+        other => (Failure::Other, other.to_string()),
     }
 }
 

@@ -114,7 +114,8 @@ pub enum StoreError {
         /// What happened on the last attempt.
         detail: String,
     },
-    /// The store refused the credentials (login) or the policy refused the operation.
+    /// The store refused the credentials (login, or a token that is invalid or expired) or
+    /// the policy refused the operation.
     #[error("{operation} '{path}' was refused: {detail}")]
     Denied {
         /// `read`, `write`, `log in to`.
@@ -123,8 +124,30 @@ pub enum StoreError {
         path: String,
         /// The store's own explanation (Vault's `errors` array).
         detail: String,
-        /// Whether this was a login (authentication) rather than a policy refusal.
+        /// Whether the credentials were refused (authentication) rather than the operation
+        /// (policy).
         login: bool,
+    },
+    /// What answers at `VAULT_ADDR`, or the mount `VAULT_KV_MOUNT` names, is not a KV version 2
+    /// store: a web server that is not Vault, no such mount, a KV version 1 mount.
+    #[error("invalid {variable}: {problem}")]
+    Misconfigured {
+        /// The variable to correct.
+        variable: &'static str,
+        /// What answered, and how, naming the request.
+        problem: String,
+    },
+    /// The entry exists but its latest version is deleted or destroyed. It is not absent: a
+    /// job that took it for absent would create what the entry's history still holds (a root
+    /// CA, a user's certificate).
+    #[error("invalid state at '{path}': {problem}")]
+    Deleted {
+        /// Mount and path.
+        path: String,
+        /// The deleted version.
+        version: u64,
+        /// When and how it was deleted, and how to restore it or start over.
+        problem: String,
     },
     /// Vault refused the request for a reason retrying cannot fix (a 4xx other than 403: no
     /// such mount, a malformed request).
@@ -157,7 +180,8 @@ impl StoreError {
             Self::Unavailable { .. } => Failure::Unreachable,
             Self::Denied { login: true, .. } => Failure::Auth,
             Self::Denied { login: false, .. } => Failure::Denied,
-            Self::Malformed { .. } => Failure::InvalidState,
+            Self::Malformed { .. } | Self::Deleted { .. } => Failure::InvalidState,
+            Self::Misconfigured { .. } => Failure::Config,
             Self::Refused { .. } => Failure::Other,
         }
     }
@@ -169,8 +193,8 @@ pub trait SecretStore {
     /// Where the store lives, for log lines (`vault https://vault:8200 mount secret`).
     fn describe(&self) -> String;
 
-    /// The current version of `path`, or `None` when it does not exist (or its latest
-    /// version is deleted).
+    /// The current version of `path`, or `None` when it does not exist. An entry whose latest
+    /// version is deleted exists: that is [`StoreError::Deleted`], never `None`.
     async fn read(&self, path: &str) -> Result<Option<KvEntry>, StoreError>;
 
     /// The names of the entries directly under `prefix` (not recursive, no trailing `/`),
