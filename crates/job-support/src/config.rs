@@ -54,7 +54,7 @@ STATE STORE:
     VAULT_SA_TOKEN_PATH        service-account token file  [/var/run/secrets/kubernetes.io/serviceaccount/token]
     VAULT_KV_MOUNT             KV v2 mount  [secret]
     VAULT_REQUEST_TIMEOUT_SECS per-request timeout in seconds  [10]
-    VAULT_MAX_ATTEMPTS         attempts per request on connection errors and 5xx  [4]
+    VAULT_MAX_ATTEMPTS         attempts per request on connection errors, 5xx and leader elections  [8]
     PKI_STATE_DIR              local state directory when VAULT_ADDR is unset  [./.pki-state]
 
 LOGGING:
@@ -256,10 +256,12 @@ fn vault_settings(
         10,
         1..=300,
     )?;
+    // 8 attempts back off for about 12 s in all: long enough to ride out a Raft leader
+    // election (the HA tests measured 1 to 6 s), short enough for a Job to fail visibly.
     let max_attempts = parse_number(
         "VAULT_MAX_ATTEMPTS",
         raw.vault_max_attempts.as_deref(),
-        4,
+        8,
         1..=20,
     )?;
     Ok(VaultSettings {
@@ -485,7 +487,7 @@ mod tests {
                 token_path: "/nonexistent/token".into()
             }
         );
-        assert_eq!(settings.max_attempts, 4);
+        assert_eq!(settings.max_attempts, 8);
     }
 
     #[test]
