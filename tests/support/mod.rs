@@ -2,9 +2,12 @@
 //! output with, real OpenBao servers, and the job binaries. A missing tool fails the test with
 //! the command that installs it, rather than skipping: a skipped interop test proves nothing.
 
+pub mod flux;
 pub mod haproxy;
 pub mod jobs;
 pub mod kube_api;
+pub mod kube_authn;
+pub mod kube_rbac;
 pub mod openbao;
 pub mod proxy;
 pub mod tools;
