@@ -6,6 +6,7 @@
 mod bootstrap;
 mod client_issuer;
 mod images;
+mod kube_auth;
 mod manifests;
 mod nas_sync;
 mod pki_interop;

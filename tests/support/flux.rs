@@ -119,12 +119,3 @@ pub fn flux_kustomizations() -> Vec<FluxKustomization> {
     }
     out
 }
-
-/// Every object Flux applies in `cluster`.
-pub fn cluster_objects(cluster: &str) -> Vec<Value> {
-    flux_kustomizations()
-        .into_iter()
-        .filter(|k| k.cluster == cluster)
-        .flat_map(|k| k.objects)
-        .collect()
-}

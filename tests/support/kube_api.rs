@@ -126,8 +126,8 @@ impl FakeApiServer {
     }
 
     /// Applies objects as Flux would (namespaces first): Namespaces, ServiceAccounts, Secrets
-    /// and RBAC objects are stored, other kinds are not served here and are skipped. An object
-    /// in a namespace that does not exist is refused, as the API server refuses it.
+    /// and RBAC objects are stored, other kinds are not served here and are skipped. A stored
+    /// object in a namespace that does not exist is refused, as the API server refuses it.
     pub fn load(&self, objects: &[Value]) {
         for o in objects.iter().filter(|o| o["kind"] == "Namespace") {
             self.create_namespace(o["metadata"]["name"].as_str().unwrap());
@@ -139,15 +139,16 @@ impl FakeApiServer {
         let mut state = self.state.lock().unwrap();
         for o in objects {
             let kind = o["kind"].as_str().unwrap_or_default();
-            if let Some(ns) = o["metadata"]["namespace"].as_str() {
-                assert!(
-                    state.namespaces.contains(ns) || kind == "Namespace",
-                    "{kind} {}: namespaces \"{ns}\" not found",
-                    o["metadata"]["name"]
-                );
+            if !matches!(kind, "Secret" | "Role" | "RoleBinding") {
+                state.rbac.load(o);
+                continue;
             }
+            let (ns, name) = namespaced_name(o);
+            assert!(
+                state.namespaces.contains(&ns),
+                "{kind} {name}: namespaces \"{ns}\" not found"
+            );
             if kind == "Secret" {
-                let (ns, name) = namespaced_name(o);
                 store_secret(&mut state, &ns, &name, o);
             } else {
                 state.rbac.load(o);
