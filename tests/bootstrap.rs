@@ -263,7 +263,11 @@ fn kubernetes_login_through_token_review() {
     ] {
         api.load(&crate::support::flux::render(&root.join(path)));
     }
-    let reviewer = api.secret("vault-auth", "vault-token-reviewer").unwrap().data["token"].clone();
+    let reviewer = api
+        .secret("vault-auth", "vault-token-reviewer")
+        .unwrap()
+        .data["token"]
+        .clone();
     let reviewer = dir.write("reviewer.jwt", reviewer);
     let good = api.token("istio-system", "istio-ca-bootstrap", &["vault"], 600);
     // Same claims, signed by a key that is not this cluster's.

@@ -62,9 +62,21 @@ impl Clusters {
         run(
             "openssl",
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", "api-ca.key", "-out", "api-ca.pem", "-subj",
-                "/CN=kubernetes", "-days", "2",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "api-ca.key",
+                "-out",
+                "api-ca.pem",
+                "-subj",
+                "/CN=kubernetes",
+                "-days",
+                "2",
             ],
             dir.path(),
         )
@@ -140,7 +152,11 @@ impl Clusters {
                 .iter()
                 .find(|v| v["name"] == mount["name"])
                 .unwrap();
-            for source in volume["projected"]["sources"].as_array().into_iter().flatten() {
+            for source in volume["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 let sat = &source["serviceAccountToken"];
                 if sat.is_object() {
                     let audiences: Vec<&str> = sat["audience"].as_str().into_iter().collect();
@@ -196,10 +212,7 @@ impl Clusters {
         }
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         run_job(
-            container["image"]
-                .as_str()
-                .map(job_of_image)
-                .unwrap(),
+            container["image"].as_str().map(job_of_image).unwrap(),
             &vars,
             work,
         )
@@ -219,14 +232,29 @@ impl Clusters {
 
 /// The job binary an image runs (`ARG JOB=` of its Dockerfile).
 fn job_of_image(image: &str) -> &'static str {
-    let name = image.rsplit_once(':').unwrap().0.rsplit('/').next().unwrap();
+    let name = image
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .rsplit('/')
+        .next()
+        .unwrap();
     let dockerfile = ["homelab", "nas"]
         .iter()
-        .map(|c| workspace_root().join("images").join(c).join(name).join("Dockerfile"))
+        .map(|c| {
+            workspace_root()
+                .join("images")
+                .join(c)
+                .join(name)
+                .join("Dockerfile")
+        })
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("no Dockerfile for {image}"));
     let text = std::fs::read_to_string(dockerfile).unwrap();
-    let job = text.lines().find_map(|l| l.strip_prefix("ARG JOB=")).unwrap();
+    let job = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG JOB="))
+        .unwrap();
     match job {
         "bootstrap-job" => "bootstrap-job",
         "nas-sync-job" => "nas-sync-job",
@@ -246,12 +274,9 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
         let work = Scratch::new();
         let run = c.run_as_pod_spec(cluster, pod, work.path());
         assert_eq!(
-            run.code,
-            0,
+            run.code, 0,
             "{cluster} {} {}: {}",
-            pod["kind"],
-            pod["metadata"]["name"],
-            run.stderr
+            pod["kind"], pod["metadata"]["name"], run.stderr
         );
     }
     // Four logins reviewed by the NAS cluster (two sync pods, two issuer pods), one by the
@@ -261,7 +286,12 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
     let cacerts = c.apis["nas"].secret("istio-system", "cacerts").unwrap();
     assert_eq!(
         cacerts.data.keys().collect::<Vec<_>>(),
-        ["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+        [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem"
+        ]
     );
 
     // ESO's SecretStore: a TokenRequest for its service account with exactly its
@@ -286,7 +316,12 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
         &audiences,
         600,
     );
-    let site = vault_of("homelab", store["spec"]["provider"]["vault"]["server"].as_str().unwrap());
+    let site = vault_of(
+        "homelab",
+        store["spec"]["provider"]["vault"]["server"]
+            .as_str()
+            .unwrap(),
+    );
     let login = c
         .login(
             site,
@@ -298,7 +333,10 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
     let token = login.stdout.trim();
     assert!(
         c.vaults[site]
-            .cli_as(token, &["kv", "get", "-mount=secret", "istio/clusters/homelab"])
+            .cli_as(
+                token,
+                &["kv", "get", "-mount=secret", "istio/clusters/homelab"]
+            )
             .success,
         "the SecretStore's role cannot read the homelab bundle"
     );
@@ -316,7 +354,8 @@ fn vault_is_refused_as_a_real_api_server_refuses_it() {
     let homelab = &c.apis["homelab"];
     let vault = &c.vaults["homelab"];
     let jwt = bootstrap_token(&c, &["vault"]);
-    c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt).ok();
+    c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt)
+        .ok();
     assert_eq!(homelab.token_review_codes(), [201]);
 
     // Without a reviewer, OpenBao sends the login JWT as the bearer: its audience is Vault's,
@@ -379,7 +418,11 @@ fn wrong_audiences_and_deleted_accounts_are_refused() {
     let refused = c
         .login("homelab", "kubernetes", "istio-ca-bootstrap", &api_token)
         .failed();
-    assert!(refused.stderr.contains("invalid audience"), "{}", refused.all());
+    assert!(
+        refused.stderr.contains("invalid audience"),
+        "{}",
+        refused.all()
+    );
     assert_eq!(homelab.token_review_codes(), Vec::<u16>::new());
     // A service account of the same name in the NAS cluster does not log in through the
     // homelab mount: the homelab API server did not sign its token.
@@ -422,7 +465,8 @@ fn wrong_audiences_and_deleted_accounts_are_refused() {
             "token_policies=istio-ca-bootstrap",
         ])
         .ok();
-    c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt).ok();
+    c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt)
+        .ok();
     c.login("homelab", "jwt", "istio-ca-bootstrap", &jwt).ok();
     homelab.delete_service_account("istio-system", "istio-ca-bootstrap");
     c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt)
@@ -430,7 +474,8 @@ fn wrong_audiences_and_deleted_accounts_are_refused() {
     let log = vault.log();
     assert!(
         log.contains("lookup failed: [invalid bearer token, serviceaccounts")
-            && log.contains("istio-ca-bootstrap") && log.contains("not found]"),
+            && log.contains("istio-ca-bootstrap")
+            && log.contains("not found]"),
         "{log}"
     );
     c.login("homelab", "jwt", "istio-ca-bootstrap", &jwt).ok();
@@ -453,7 +498,10 @@ fn review(api: &FakeApiServer, bearer: Option<&str>, body: &Value) -> (u16, Valu
     if let Some(bearer) = bearer {
         args.extend(["-H".into(), format!("Authorization: Bearer {bearer}")]);
     }
-    args.push(format!("{}/apis/authentication.k8s.io/v1/tokenreviews", api.url));
+    args.push(format!(
+        "{}/apis/authentication.k8s.io/v1/tokenreviews",
+        api.url
+    ));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run("curl", &args, dir.path()).ok().stdout;
     let (body, code) = out.rsplit_once('\n').unwrap();
@@ -464,7 +512,14 @@ fn get(api: &FakeApiServer, path: &str) -> u16 {
     let dir = Scratch::new();
     run(
         "curl",
-        &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", api.url)],
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}{path}", api.url),
+        ],
         dir.path(),
     )
     .ok()
@@ -489,14 +544,18 @@ fn token_review_answers_as_kube_apiserver() {
     let (ns, sa) = ("istio-system", "istio-ca-bootstrap");
     let uid = api.service_account_uid(ns, sa).unwrap();
     let for_vault = api.token(ns, sa, &["vault", "other"], 600);
-    let spec = |token: &str, audiences: &[&str]| json!({"spec": {"token": token, "audiences": audiences}});
+    let spec =
+        |token: &str, audiences: &[&str]| json!({"spec": {"token": token, "audiences": audiences}});
 
     // The answer: who, which uid, and the intersection of audiences.
     let (code, body) = review(&api, Some(&reviewer), &spec(&for_vault, &["vault", "x"]));
     assert_eq!(code, 201);
     let status = &body["status"];
     assert_eq!(status["authenticated"], true);
-    assert_eq!(status["user"]["username"], "system:serviceaccount:istio-system:istio-ca-bootstrap");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:istio-system:istio-ca-bootstrap"
+    );
     assert_eq!(status["user"]["uid"], uid.as_str());
     assert_eq!(status["audiences"], json!(["vault"]));
     // No requested audiences means the API server's, which a Vault token lacks.
@@ -516,16 +575,28 @@ fn token_review_answers_as_kube_apiserver() {
     });
     let expired = api.sign(&claims);
     let (_, body) = review(&api, Some(&reviewer), &spec(&expired, &["vault"]));
-    assert_eq!(body["status"]["error"], "[invalid bearer token, service account token has expired]");
+    assert_eq!(
+        body["status"]["error"],
+        "[invalid bearer token, service account token has expired]"
+    );
     claims["exp"] = json!(crate::support::kube_authn::now() + 600);
-    claims["kubernetes.io"]["serviceaccount"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+    claims["kubernetes.io"]["serviceaccount"]["uid"] =
+        json!("00000000-0000-0000-0000-000000000000");
     let (_, body) = review(&api, Some(&reviewer), &spec(&api.sign(&claims), &["vault"]));
     assert_eq!(
         body["status"]["error"],
-        format!("[invalid bearer token, service account UID ({uid}) does not match claim (00000000-0000-0000-0000-000000000000)]")
+        format!(
+            "[invalid bearer token, service account UID ({uid}) does not match claim (00000000-0000-0000-0000-000000000000)]"
+        )
     );
     let (code, body) = review(&api, Some(&reviewer), &spec("", &[]));
-    assert_eq!((code, body["message"].as_str()), (400, Some("token is required for TokenReview in authentication")));
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (
+            400,
+            Some("token is required for TokenReview in authentication")
+        )
+    );
 
     // Who may ask: the reviewer. A job's own API token is authenticated but not authorized; a
     // Vault token is not authenticated; nobody at all is anonymous, and not authorized.
@@ -537,10 +608,18 @@ fn token_review_answers_as_kube_apiserver() {
         "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:istio-system:istio-ca-bootstrap\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope"
     );
     let (code, body) = review(&api, Some(&for_vault), &spec(&for_vault, &["vault"]));
-    assert_eq!((code, body["message"].as_str(), body["reason"].as_str()), (401, Some("Unauthorized"), Some("Unauthorized")));
+    assert_eq!(
+        (code, body["message"].as_str(), body["reason"].as_str()),
+        (401, Some("Unauthorized"), Some("Unauthorized"))
+    );
     let (code, body) = review(&api, None, &spec(&for_vault, &["vault"]));
     assert_eq!(code, 403);
-    assert!(body["message"].as_str().unwrap().contains("User \"system:anonymous\" cannot create"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("User \"system:anonymous\" cannot create")
+    );
     // Discovery: /version is public, /api is for authenticated users only.
     assert_eq!(get(&api, "/version"), 200);
     assert_eq!(get(&api, "/api"), 403);

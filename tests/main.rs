@@ -5,6 +5,7 @@
 
 mod bootstrap;
 mod client_issuer;
+mod haproxy_consumers;
 mod images;
 mod kube_auth;
 mod manifests;

@@ -391,7 +391,11 @@ fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
         let ks: Vec<&FluxKustomization> = all.iter().filter(|k| k.cluster == cluster).collect();
         let by_name: BTreeMap<&str, &FluxKustomization> =
             ks.iter().map(|k| (k.name(), *k)).collect();
-        assert_eq!(by_name.len(), ks.len(), "{cluster}: two Kustomizations share a name");
+        assert_eq!(
+            by_name.len(),
+            ks.len(),
+            "{cluster}: two Kustomizations share a name"
+        );
         let objects: Vec<&Value> = ks.iter().flat_map(|k| &k.objects).collect();
         for k in &ks {
             let spec = &k.value["spec"];
@@ -429,7 +433,10 @@ fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
             }
         }
         // HelmRelease dependsOn names HelmReleases of the same cluster and namespace.
-        let releases: Vec<&&Value> = objects.iter().filter(|o| o["kind"] == "HelmRelease").collect();
+        let releases: Vec<&&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "HelmRelease")
+            .collect();
         for r in &releases {
             for d in depends_on(r) {
                 assert!(
@@ -444,11 +451,20 @@ fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
             .iter()
             .find(|o| o["metadata"]["name"] == "istiod")
             .unwrap_or_else(|| panic!("{cluster}: no istiod HelmRelease"));
-        assert_eq!(depends_on(istiod), BTreeSet::from(["istio-base".to_owned()]));
-        assert_eq!(istiod["spec"]["values"]["global"]["multiCluster"]["clusterName"], cluster);
+        assert_eq!(
+            depends_on(istiod),
+            BTreeSet::from(["istio-base".to_owned()])
+        );
+        assert_eq!(
+            istiod["spec"]["values"]["global"]["multiCluster"]["clusterName"],
+            cluster
+        );
         let istio = by_name["istio"];
         assert!(
-            istio.objects.iter().any(|o| o["kind"] == "HelmRelease" && o["metadata"]["name"] == "istiod"),
+            istio
+                .objects
+                .iter()
+                .any(|o| o["kind"] == "HelmRelease" && o["metadata"]["name"] == "istiod"),
             "{cluster}: the Kustomization istio does not apply istiod"
         );
         // What istio waits for, transitively.
@@ -478,11 +494,16 @@ fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
                 let job = gate
                     .objects
                     .iter()
-                    .find(|o| o["kind"] == "Job" && o["metadata"]["name"] == "istio-ca-sync-initial")
+                    .find(|o| {
+                        o["kind"] == "Job" && o["metadata"]["name"] == "istio-ca-sync-initial"
+                    })
                     .expect("the first sync Job is applied by the gate");
                 let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
                 assert!(
-                    env.as_array().unwrap().iter().any(|e| e["name"] == "SYNC_CLUSTER" && e["value"] == "nas"),
+                    env.as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|e| e["name"] == "SYNC_CLUSTER" && e["value"] == "nas"),
                     "the first sync Job syncs the NAS bundle"
                 );
                 gate
@@ -493,7 +514,8 @@ fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
         for k in &waits_for {
             for o in &k.objects {
                 assert!(
-                    !["ClusterSecretStore", "PrometheusRule"].contains(&o["kind"].as_str().unwrap())
+                    !["ClusterSecretStore", "PrometheusRule"]
+                        .contains(&o["kind"].as_str().unwrap())
                         && o["metadata"]["name"] != "sync-ca-from-nas",
                     "{cluster}: istio waits for {} through {}",
                     object_id(o),
@@ -557,7 +579,11 @@ fn every_object_has_exactly_one_owning_kustomization() {
         );
         let applied: BTreeSet<std::path::PathBuf> = ks
             .iter()
-            .map(|k| root.join(k.value["spec"]["path"].as_str().unwrap()).canonicalize().unwrap())
+            .map(|k| {
+                root.join(k.value["spec"]["path"].as_str().unwrap())
+                    .canonicalize()
+                    .unwrap()
+            })
             .collect();
         let mut referenced = BTreeSet::new();
         for file in &dirs {
@@ -565,7 +591,12 @@ fn every_object_has_exactly_one_owning_kustomization() {
             let value: Value = serde_norway::from_str(&text).unwrap();
             for key in ["resources", "components"] {
                 for r in value[key].as_array().into_iter().flatten() {
-                    if let Ok(path) = file.parent().unwrap().join(r.as_str().unwrap()).canonicalize() {
+                    if let Ok(path) = file
+                        .parent()
+                        .unwrap()
+                        .join(r.as_str().unwrap())
+                        .canonicalize()
+                    {
                         referenced.insert(path);
                     }
                 }
@@ -595,7 +626,10 @@ fn every_object_has_exactly_one_owning_kustomization() {
         value: serde_json::json!({"metadata": {"name": name}}),
         objects,
     };
-    let (a, b) = (fake("a", vec![secret.clone()]), fake("b", vec![secret, external]));
+    let (a, b) = (
+        fake("a", vec![secret.clone()]),
+        fake("b", vec![secret, external]),
+    );
     assert_eq!(
         ownership_conflicts(&[&a, &b]),
         [

@@ -259,7 +259,12 @@ fn kubernetes_login_through_the_nas_cluster() {
     s.api.load(&render(
         &workspace_root().join("kubernetes/nas/security/vault-auth"),
     ));
-    let reviewer = s.api.secret("vault-auth", "vault-token-reviewer").unwrap().data["token"].clone();
+    let reviewer = s
+        .api
+        .secret("vault-auth", "vault-token-reviewer")
+        .unwrap()
+        .data["token"]
+        .clone();
     let reviewer = s.dir.write("reviewer.jwt", reviewer);
     s.bao.policy(
         "istio-ca-sync-nas",
@@ -291,7 +296,9 @@ fn kubernetes_login_through_the_nas_cluster() {
             "token_policies=istio-ca-sync-nas",
         ])
         .ok();
-    let jwt = s.api.token("istio-system", "istio-ca-sync", &["vault"], 600);
+    let jwt = s
+        .api
+        .token("istio-system", "istio-ca-sync", &["vault"], 600);
     let token_file = s.dir.write("sa.jwt", &jwt);
     let kubeconfig = s.dir.path().join("kubeconfig");
     let run = run_job(

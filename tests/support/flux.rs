@@ -51,7 +51,12 @@ pub fn render_with_components(resources: &[&str], components: &[&str]) -> Vec<Va
     // kustomize takes only relative paths to other directories.
     let up = "../".repeat(dir.path().components().count() - 1);
     let root = workspace_root();
-    let rel = |p: &&str| format!("{up}{}", root.join(p).to_str().unwrap().trim_start_matches('/'));
+    let rel = |p: &&str| {
+        format!(
+            "{up}{}",
+            root.join(p).to_str().unwrap().trim_start_matches('/')
+        )
+    };
     let list = |items: &[&str]| {
         items
             .iter()

@@ -29,8 +29,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use super::kube_authn::{
-    Refusal, SigningKey, TokenObjects, User, authenticate, bound_claims, legacy_claims,
-    random_uid,
+    Refusal, SigningKey, TokenObjects, User, authenticate, bound_claims, legacy_claims, random_uid,
 };
 use super::kube_rbac::{Rbac, Request as RbacRequest};
 
@@ -336,7 +335,10 @@ fn namespaced_name(o: &Value) -> (String, String) {
             .as_str()
             .unwrap_or_default()
             .to_owned(),
-        o["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
@@ -370,7 +372,9 @@ fn store_secret(state: &mut State, namespace: &str, name: &str, o: &Value) {
             .expect("a token Secret names its service account");
         let uid = state
             .service_account_uid(namespace, &account)
-            .unwrap_or_else(|| panic!("token Secret {name}: serviceaccounts \"{account}\" not found"));
+            .unwrap_or_else(|| {
+                panic!("token Secret {name}: serviceaccounts \"{account}\" not found")
+            });
         let token = state
             .key
             .sign(&legacy_claims(namespace, name, &account, &uid));
@@ -472,10 +476,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader) {
         let (code, body) = handle(&request, state);
-        state.lock().unwrap().requests.push(format!(
-            "{} {} -> {code}",
-            request.method, request.path
-        ));
+        state
+            .lock()
+            .unwrap()
+            .requests
+            .push(format!("{} {} -> {code}", request.method, request.path));
         let body = body.to_string();
         let reason = match code {
             200 => "OK",
@@ -506,8 +511,7 @@ fn handle(request: &Request, state: &Mutex<State>) -> (u16, Value) {
         match request.headers.get("authorization") {
             None => User::anonymous(),
             Some(header) => {
-                let Some(token) = header.strip_prefix("Bearer ").filter(|t| !t.is_empty())
-                else {
+                let Some(token) = header.strip_prefix("Bearer ").filter(|t| !t.is_empty()) else {
                     return unauthorized();
                 };
                 match authenticate(&state.key, &*state, token, None) {
@@ -568,7 +572,9 @@ fn route(request: &Request, user: &User, state: &Mutex<State>) -> (u16, Value) {
     }
     let discovery = match path {
         // Discovery, as kubectl asks for it before its first request.
-        "/api" => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+        "/api" => {
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        }
         "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
             "name": "authentication.k8s.io",
             "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],

@@ -53,9 +53,8 @@ impl SigningKey {
     pub fn generate() -> Self {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         Self { key }
     }
 
@@ -88,7 +87,10 @@ impl SigningKey {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let signature = self.key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        let signature = self
+            .key
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
     }
 
@@ -302,10 +304,16 @@ pub fn authenticate(
 
 fn validate_bound(claims: &Value, objects: &impl TokenObjects) -> Result<User, Refusal> {
     let now = now();
-    if claims["exp"].as_i64().is_some_and(|exp| now > exp + LEEWAY_SECS) {
+    if claims["exp"]
+        .as_i64()
+        .is_some_and(|exp| now > exp + LEEWAY_SECS)
+    {
         return Err(Refusal::because("service account token has expired"));
     }
-    if claims["nbf"].as_i64().is_some_and(|nbf| now + LEEWAY_SECS < nbf) {
+    if claims["nbf"]
+        .as_i64()
+        .is_some_and(|nbf| now + LEEWAY_SECS < nbf)
+    {
         return Err(Refusal::because("service account token is not valid yet"));
     }
     let k8s = &claims["kubernetes.io"];

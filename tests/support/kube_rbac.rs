@@ -82,7 +82,9 @@ impl PolicyRule {
                 has(&self.api_groups, group)
                     && has(&self.resources, resource)
                     && (self.resource_names.is_empty()
-                        || name.as_ref().is_some_and(|n| self.resource_names.contains(n)))
+                        || name
+                            .as_ref()
+                            .is_some_and(|n| self.resource_names.contains(n)))
             }
             Request::NonResource { path, .. } => self.non_resource_urls.iter().any(|url| {
                 url == "*"
@@ -215,8 +217,17 @@ impl Rbac {
             vec![PolicyRule::urls(
                 &["get"],
                 &[
-                    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
-                    "/openapi/*", "/readyz", "/version", "/version/",
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
                 ],
             )],
         ));
