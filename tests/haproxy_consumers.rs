@@ -7,6 +7,7 @@
 //! the consumer checks CRLs, and refuses a client without a certificate.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -168,10 +169,12 @@ impl Migration {
         for (consumer, _) in CONSUMERS {
             let name = format!("client-ca-cert-{consumer}");
             api.grant("pki-sync", "nas-sync", "haproxy-controller", &name);
-            mappings.push_str(&format!(
-                "  - source: pki/ca\n    kind: {}\n    secret: {{namespace: haproxy-controller, name: {name}}}\n",
+            writeln!(
+                mappings,
+                "  - source: pki/ca\n    kind: {}\n    secret: {{namespace: haproxy-controller, name: {name}}}",
                 mapping_kind(consumer)
-            ));
+            )
+            .unwrap();
         }
         let mappings = self.dir.write("mappings.yaml", mappings);
         let kubeconfig = self.dir.write(

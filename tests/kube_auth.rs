@@ -128,7 +128,7 @@ impl Clusters {
 
     /// Runs the job of `pod` as its pod spec says: the container's variables; each projected
     /// token minted by the cluster for the pod's service account with the volume's audience
-    /// and lifetime, at the path the variables name; the ConfigMaps it mounts. Outside a pod
+    /// and lifetime, at the path the variables name; the `ConfigMap`s it mounts. Outside a pod
     /// there is no in-cluster configuration, so the token of the volume mounted at the
     /// in-cluster path reaches the job through a kubeconfig instead. `PUSHGATEWAY_URL` is left
     /// out: nothing listens there.

@@ -379,137 +379,149 @@ fn closure<'a>(
     out
 }
 
+/// Flux's rules hold for every Kustomization and `HelmRelease` of one cluster.
+fn flux_rules_hold(cluster: &str, ks: &[&FluxKustomization]) {
+    let by_name: BTreeMap<&str, &FluxKustomization> = ks.iter().map(|k| (k.name(), *k)).collect();
+    assert_eq!(
+        by_name.len(),
+        ks.len(),
+        "{cluster}: two Kustomizations share a name"
+    );
+    for k in ks {
+        let spec = &k.value["spec"];
+        assert!(
+            spec["force"].is_null(),
+            "{}: force replaces every object of the Kustomization; Jobs carry the annotation instead",
+            k.file
+        );
+        if spec["healthChecks"].is_array() {
+            assert_ne!(
+                spec["wait"], true,
+                "{}: with wait, Flux ignores healthChecks",
+                k.file
+            );
+        }
+        for check in spec["healthChecks"].as_array().into_iter().flatten() {
+            assert!(
+                ["Job", "Secret"].contains(&check["kind"].as_str().unwrap()),
+                "{}: health check on {check}",
+                k.file
+            );
+        }
+        // Every dependency is a Kustomization of the same cluster, and there is no cycle.
+        let deps = closure(&by_name, k.name());
+        assert!(
+            deps.iter().all(|d| d.name() != k.name()),
+            "{}: circular dependsOn",
+            k.file
+        );
+        // A Job is replaced when it changes, and only a Job.
+        for o in &k.objects {
+            let forced =
+                o["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"] == "enabled";
+            assert_eq!(forced, o["kind"] == "Job", "{}: {}", k.file, object_id(o));
+        }
+    }
+    // HelmRelease dependsOn names HelmReleases of the same cluster and namespace.
+    let releases: Vec<&Value> = ks
+        .iter()
+        .flat_map(|k| &k.objects)
+        .filter(|o| o["kind"] == "HelmRelease")
+        .collect();
+    for r in &releases {
+        for d in depends_on(r) {
+            assert!(
+                releases.iter().any(|o| o["metadata"]["name"] == d.as_str()
+                    && o["metadata"]["namespace"] == r["metadata"]["namespace"]),
+                "{cluster}: {} depends on {d}, which is no HelmRelease",
+                object_id(r)
+            );
+        }
+    }
+    let istiod = releases
+        .iter()
+        .find(|o| o["metadata"]["name"] == "istiod")
+        .unwrap_or_else(|| panic!("{cluster}: no istiod HelmRelease"));
+    assert_eq!(
+        depends_on(istiod),
+        BTreeSet::from(["istio-base".to_owned()])
+    );
+    assert_eq!(
+        istiod["spec"]["values"]["global"]["multiCluster"]["clusterName"],
+        cluster
+    );
+    assert!(
+        by_name["istio"]
+            .objects
+            .iter()
+            .any(|o| o["kind"] == "HelmRelease" && o["metadata"]["name"] == "istiod"),
+        "{cluster}: the Kustomization istio does not apply istiod"
+    );
+}
+
+/// The Kustomization whose readiness means "`cacerts` holds the shared CA", checked for what
+/// makes it so on each cluster.
+fn cacerts_gate<'a>(
+    cluster: &str,
+    by_name: &BTreeMap<&str, &'a FluxKustomization>,
+) -> &'a FluxKustomization {
+    if cluster == "homelab" {
+        let gate = by_name["istio-cacerts"];
+        // The Secret exists only once ESO wrote it from the Vault bundle.
+        assert!(gate.objects.iter().any(|o| o["kind"] == "ExternalSecret"
+            && o["spec"]["target"]["name"] == "cacerts"
+            && o["metadata"]["namespace"] == "istio-system"));
+        assert_eq!(
+            gate.value["spec"]["healthChecks"],
+            serde_json::json!([{"apiVersion": "v1", "kind": "Secret", "name": "cacerts", "namespace": "istio-system"}])
+        );
+        return gate;
+    }
+    let gate = by_name["istio-ca-sync"];
+    assert_eq!(
+        gate.value["spec"]["healthChecks"],
+        serde_json::json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "istio-ca-sync-initial", "namespace": "istio-system"}])
+    );
+    let job = gate
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Job" && o["metadata"]["name"] == "istio-ca-sync-initial")
+        .expect("the first sync Job is applied by the gate");
+    let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SYNC_CLUSTER" && e["value"] == "nas"),
+        "the first sync Job syncs the NAS bundle"
+    );
+    gate
+}
+
 /// Flux's terms, from kustomize-controller's docs/spec/v1/kustomizations.md: a Kustomization's
 /// `dependsOn` names Kustomizations and is satisfied once they are Ready; `wait: true` checks
 /// everything it applied and makes Flux ignore `healthChecks`; `healthChecks` can name a Job
-/// or a Secret, and a missing object is not healthy. A HelmRelease's `dependsOn` names only
-/// HelmReleases (helm-controller's docs/spec/v2/helmreleases.md).
+/// or a Secret, and a missing object is not healthy. A `HelmRelease`'s `dependsOn` names only
+/// `HelmRelease`s (helm-controller's docs/spec/v2/helmreleases.md).
 #[test]
 fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
     let all = flux_kustomizations();
     for cluster in ["homelab", "nas"] {
         let ks: Vec<&FluxKustomization> = all.iter().filter(|k| k.cluster == cluster).collect();
+        flux_rules_hold(cluster, &ks);
         let by_name: BTreeMap<&str, &FluxKustomization> =
             ks.iter().map(|k| (k.name(), *k)).collect();
-        assert_eq!(
-            by_name.len(),
-            ks.len(),
-            "{cluster}: two Kustomizations share a name"
-        );
-        let objects: Vec<&Value> = ks.iter().flat_map(|k| &k.objects).collect();
-        for k in &ks {
-            let spec = &k.value["spec"];
-            assert!(
-                spec["force"].is_null(),
-                "{}: force replaces every object of the Kustomization; Jobs carry the annotation instead",
-                k.file
-            );
-            if spec["healthChecks"].is_array() {
-                assert_ne!(
-                    spec["wait"], true,
-                    "{}: with wait, Flux ignores healthChecks",
-                    k.file
-                );
-            }
-            for check in spec["healthChecks"].as_array().into_iter().flatten() {
-                assert!(
-                    ["Job", "Secret"].contains(&check["kind"].as_str().unwrap()),
-                    "{}: health check on {check}",
-                    k.file
-                );
-            }
-            // Every dependency is a Kustomization of the same cluster, and there is no cycle.
-            let deps = closure(&by_name, k.name());
-            assert!(
-                deps.iter().all(|d| d.name() != k.name()),
-                "{}: circular dependsOn",
-                k.file
-            );
-            // A Job is replaced when it changes, and only a Job.
-            for o in &k.objects {
-                let forced =
-                    o["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"] == "enabled";
-                assert_eq!(forced, o["kind"] == "Job", "{}: {}", k.file, object_id(o));
-            }
-        }
-        // HelmRelease dependsOn names HelmReleases of the same cluster and namespace.
-        let releases: Vec<&&Value> = objects
-            .iter()
-            .filter(|o| o["kind"] == "HelmRelease")
-            .collect();
-        for r in &releases {
-            for d in depends_on(r) {
-                assert!(
-                    releases.iter().any(|o| o["metadata"]["name"] == d.as_str()
-                        && o["metadata"]["namespace"] == r["metadata"]["namespace"]),
-                    "{cluster}: {} depends on {d}, which is no HelmRelease",
-                    object_id(r)
-                );
-            }
-        }
-        let istiod = releases
-            .iter()
-            .find(|o| o["metadata"]["name"] == "istiod")
-            .unwrap_or_else(|| panic!("{cluster}: no istiod HelmRelease"));
-        assert_eq!(
-            depends_on(istiod),
-            BTreeSet::from(["istio-base".to_owned()])
-        );
-        assert_eq!(
-            istiod["spec"]["values"]["global"]["multiCluster"]["clusterName"],
-            cluster
-        );
-        let istio = by_name["istio"];
-        assert!(
-            istio
-                .objects
-                .iter()
-                .any(|o| o["kind"] == "HelmRelease" && o["metadata"]["name"] == "istiod"),
-            "{cluster}: the Kustomization istio does not apply istiod"
-        );
-        // What istio waits for, transitively.
+        let gate = cacerts_gate(cluster, &by_name);
+        assert!(gate.value["spec"]["retryInterval"].is_string());
+        // What istio waits for, transitively: the gate and what the gate needs, nothing else.
         let waits_for = closure(&by_name, "istio");
         let names: BTreeSet<&str> = waits_for.iter().map(|k| k.name()).collect();
-        let gate = match cluster {
-            "homelab" => {
-                assert_eq!(names, BTreeSet::from(["istio-cacerts", "istio-namespace"]));
-                let gate = by_name["istio-cacerts"];
-                // The Secret exists only once ESO wrote it from the Vault bundle.
-                assert!(gate.objects.iter().any(|o| o["kind"] == "ExternalSecret"
-                    && o["spec"]["target"]["name"] == "cacerts"
-                    && o["metadata"]["namespace"] == "istio-system"));
-                assert_eq!(
-                    gate.value["spec"]["healthChecks"],
-                    serde_json::json!([{"apiVersion": "v1", "kind": "Secret", "name": "cacerts", "namespace": "istio-system"}])
-                );
-                gate
-            }
-            _ => {
-                assert_eq!(names, BTreeSet::from(["istio-ca-sync"]));
-                let gate = by_name["istio-ca-sync"];
-                assert_eq!(
-                    gate.value["spec"]["healthChecks"],
-                    serde_json::json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "istio-ca-sync-initial", "namespace": "istio-system"}])
-                );
-                let job = gate
-                    .objects
-                    .iter()
-                    .find(|o| {
-                        o["kind"] == "Job" && o["metadata"]["name"] == "istio-ca-sync-initial"
-                    })
-                    .expect("the first sync Job is applied by the gate");
-                let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
-                assert!(
-                    env.as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|e| e["name"] == "SYNC_CLUSTER" && e["value"] == "nas"),
-                    "the first sync Job syncs the NAS bundle"
-                );
-                gate
-            }
+        let expected = if cluster == "homelab" {
+            BTreeSet::from(["istio-cacerts", "istio-namespace"])
+        } else {
+            BTreeSet::from(["istio-ca-sync"])
         };
-        assert!(gate.value["spec"]["retryInterval"].is_string());
+        assert_eq!(names, expected, "{cluster}");
         // The mesh does not wait for the NAS Vault store, the HAProxy Secret or the alerts.
         for k in &waits_for {
             for o in &k.objects {

@@ -57,11 +57,11 @@ pub fn render_with_components(resources: &[&str], components: &[&str]) -> Vec<Va
             root.join(p).to_str().unwrap().trim_start_matches('/')
         )
     };
-    let list = |items: &[&str]| {
+    let list = |items: &[&str]| -> String {
         items
             .iter()
-            .map(|p| format!("  - {}\n", rel(&p)))
-            .collect::<String>()
+            .flat_map(|p| ["  - ".to_owned(), rel(p), "\n".to_owned()])
+            .collect()
     };
     dir.write(
         "kustomization.yaml",

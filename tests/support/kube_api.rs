@@ -124,7 +124,7 @@ impl FakeApiServer {
         }
     }
 
-    /// Applies objects as Flux would (namespaces first): Namespaces, ServiceAccounts, Secrets
+    /// Applies objects as Flux would (namespaces first): `Namespace`, `ServiceAccount`, `Secret`
     /// and RBAC objects are stored, other kinds are not served here and are skipped. A stored
     /// object in a namespace that does not exist is refused, as the API server refuses it.
     pub fn load(&self, objects: &[Value]) {
@@ -259,7 +259,7 @@ impl FakeApiServer {
     }
 
     /// Lets the service account `get` and `patch` one Secret: a Role with `resourceNames` and
-    /// its RoleBinding, evaluated like any other RBAC object.
+    /// its `RoleBinding`, evaluated like any other RBAC object.
     pub fn grant(&self, sa_namespace: &str, sa_name: &str, namespace: &str, secret: &str) {
         let role = format!("grant-{sa_name}-{secret}");
         self.load(&[

@@ -155,7 +155,11 @@ pub fn legacy_claims(namespace: &str, secret: &str, name: &str, uid: &str) -> Va
 pub fn random_uid() -> String {
     let mut bytes = [0u8; 16];
     ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes).unwrap();
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let h: String = bytes
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .filter_map(|n| char::from_digit(n.into(), 16))
+        .collect();
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

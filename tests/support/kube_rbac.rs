@@ -1,11 +1,11 @@
-//! RBAC authorization for the fake API server, evaluated from Role, ClusterRole, RoleBinding
-//! and ClusterRoleBinding objects (the rendered manifests, plus the bootstrap roles every
-//! cluster has). Copied behaviour, from kubernetes/kubernetes:
+//! RBAC authorization for the fake API server, evaluated from `Role`, `ClusterRole`,
+//! `RoleBinding` and `ClusterRoleBinding` objects (the rendered manifests, plus the bootstrap
+//! roles every cluster has). Copied behaviour, from kubernetes/kubernetes:
 //! - `plugin/pkg/auth/authorizer/rbac/rbac.go` and `pkg/registry/rbac/validation/rule.go`: a
-//!   ClusterRoleBinding grants everywhere; a RoleBinding (to a Role or a ClusterRole) grants only
-//!   on namespaced requests in its own namespace; subjects match by user name, group, or
-//!   service account (`system:serviceaccount:<ns>:<name>`, a RoleBinding's namespace when the
-//!   subject names none);
+//!   `ClusterRoleBinding` grants everywhere; a `RoleBinding` (to a `Role` or a `ClusterRole`)
+//!   grants only on namespaced requests in its own namespace; subjects match by user name,
+//!   group, or service account (`system:serviceaccount:<ns>:<name>`, in the binding's namespace
+//!   when the subject names none);
 //! - `pkg/apis/rbac/v1/evaluation_helpers.go`: verbs, API groups, resources and non-resource
 //!   URLs match exactly or by `*` (a non-resource URL also by a trailing `*` prefix); an empty
 //!   `resourceNames` matches every name;
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::kube_authn::User;
 
-/// One rule of a Role or ClusterRole.
+/// One rule of a `Role` or `ClusterRole`.
 #[derive(Debug, Clone, Default)]
 struct PolicyRule {
     verbs: Vec<String>,
@@ -106,7 +106,7 @@ struct Subject {
 
 #[derive(Debug, Clone)]
 struct Binding {
-    /// `None` for a ClusterRoleBinding.
+    /// `None` for a `ClusterRoleBinding`.
     namespace: Option<String>,
     role_kind: String,
     role_name: String,
