@@ -508,24 +508,17 @@ fn review(api: &FakeApiServer, bearer: Option<&str>, body: &Value) -> (u16, Valu
     (code.parse().unwrap(), serde_json::from_str(body).unwrap())
 }
 
-fn get(api: &FakeApiServer, path: &str) -> u16 {
+/// The status of a GET of `path`, with an `Authorization` header if given.
+fn get(api: &FakeApiServer, path: &str, authorization: Option<&str>) -> u16 {
     let dir = Scratch::new();
-    run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{}{path}", api.url),
-        ],
-        dir.path(),
-    )
-    .ok()
-    .stdout
-    .parse()
-    .unwrap()
+    let url = format!("{}{path}", api.url);
+    let header = authorization.map(|a| format!("Authorization: {a}"));
+    let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    if let Some(header) = &header {
+        args.extend(["-H", header]);
+    }
+    args.push(&url);
+    run("curl", &args, dir.path()).ok().stdout.parse().unwrap()
 }
 
 /// The fake's TokenReview and its refusals, request by request, as kube-apiserver answers.
@@ -620,7 +613,14 @@ fn token_review_answers_as_kube_apiserver() {
             .unwrap()
             .contains("User \"system:anonymous\" cannot create")
     );
-    // Discovery: /version is public, /api is for authenticated users only.
-    assert_eq!(get(&api, "/version"), 200);
-    assert_eq!(get(&api, "/api"), 403);
+    // Discovery: /version is public, /api is for authenticated users only. A header of
+    // another scheme is no credential (anonymous); a bearer that does not authenticate is 401.
+    assert_eq!(get(&api, "/version", None), 200);
+    assert_eq!(get(&api, "/api", None), 403);
+    assert_eq!(get(&api, "/api", Some("Basic dXNlcjpwdw==")), 403);
+    assert_eq!(get(&api, "/version", Some("Bearer not-a-token")), 401);
+    assert_eq!(
+        get(&api, "/api", Some(&format!("bearer {job_api_token}"))),
+        200
+    );
 }

@@ -504,22 +504,29 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     }
 }
 
-/// Authentication, then routing (which authorizes).
+/// Authentication, then routing (which authorizes). As `staging/src/k8s.io/apiserver/pkg/
+/// authentication/request/bearertoken/bearertoken.go` reads the header: only a `Bearer` scheme
+/// (any case) with a non-empty token is a credential; anything else is no credential, which
+/// makes the anonymous user. A credential that does not authenticate is a 401.
 fn handle(request: &Request, state: &Mutex<State>) -> (u16, Value) {
     let user = {
         let state = state.lock().unwrap();
-        match request.headers.get("authorization") {
+        let header = request
+            .headers
+            .get("authorization")
+            .map_or("", |h| h.trim());
+        let token = header
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty());
+        match token {
             None => User::anonymous(),
-            Some(header) => {
-                let Some(token) = header.strip_prefix("Bearer ").filter(|t| !t.is_empty()) else {
-                    return unauthorized();
-                };
-                match authenticate(&state.key, &*state, token, None) {
-                    Ok((user, _)) => user,
-                    // The reason goes to the server's log, never to the client.
-                    Err(_) => return unauthorized(),
-                }
-            }
+            Some(token) => match authenticate(&state.key, &*state, token, None) {
+                Ok((user, _)) => user,
+                // The reason goes to the server's log, never to the client.
+                Err(_) => return unauthorized(),
+            },
         }
     };
     route(request, &user, state)
