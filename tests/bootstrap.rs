@@ -248,16 +248,30 @@ fn jwt_login_accepts_the_bound_service_account_only() {
     }
 }
 
-/// Vault's Kubernetes auth method asks the cluster's TokenReview API; the fake API server
-/// answers as a real one, authenticating only the tokens it issued.
+/// Vault's Kubernetes auth method asks the cluster's TokenReview API, with the cluster's
+/// reviewer token as the bearer; the fake API server answers as a real one, authenticating only
+/// the tokens it signed.
 #[test]
 fn kubernetes_login_through_token_review() {
     let dir = Scratch::new();
     let api = FakeApiServer::start();
-    let issuer = TokenIssuer::new(&dir);
-    let good = issuer.token("istio-system", "istio-ca-bootstrap");
-    api.issue_token(&good, "istio-system", "istio-ca-bootstrap");
-    let stranger = issuer.token("istio-system", "istio-ca-bootstrap");
+    let root = crate::support::openbao::workspace_root();
+    for path in [
+        "kubernetes/homelab/platform-foundation/istio/namespace",
+        "kubernetes/homelab/platform-foundation/istio/ca-bootstrap",
+        "kubernetes/homelab/security/vault-auth",
+    ] {
+        api.load(&crate::support::flux::render(&root.join(path)));
+    }
+    let reviewer = api
+        .secret("vault-auth", "vault-token-reviewer")
+        .unwrap()
+        .data["token"]
+        .clone();
+    let reviewer = dir.write("reviewer.jwt", reviewer);
+    let good = api.token("istio-system", "istio-ca-bootstrap", &["vault"], 600);
+    // Same claims, signed by a key that is not this cluster's.
+    let stranger = TokenIssuer::new(&dir).token("istio-system", "istio-ca-bootstrap");
 
     let bao = OpenBao::start();
     bao.policy("istio-ca", FULL_POLICY);
@@ -277,6 +291,7 @@ fn kubernetes_login_through_token_review() {
         "auth/kubernetes-homelab/config",
         &format!("kubernetes_host={}", api.url),
         &format!("kubernetes_ca_cert=@{}", api_ca.display()),
+        &format!("token_reviewer_jwt=@{}", reviewer.display()),
         "disable_local_ca_jwt=true",
     ])
     .ok();
@@ -285,6 +300,7 @@ fn kubernetes_login_through_token_review() {
         "auth/kubernetes-homelab/role/istio-ca-bootstrap",
         "bound_service_account_names=istio-ca-bootstrap",
         "bound_service_account_namespaces=istio-system",
+        "audience=vault",
         "token_policies=istio-ca",
         "token_ttl=10m",
     ])
@@ -305,10 +321,7 @@ fn kubernetes_login_through_token_review() {
     let ok = login(&good);
     assert_exit(&ok, 0);
     assert_eq!(versions(&bao), [1, 1, 1]);
-    assert!(
-        api.requests()
-            .contains(&"POST /apis/authentication.k8s.io/v1/tokenreviews".to_owned())
-    );
+    assert_eq!(api.token_review_codes(), [201]);
 
     // A well-formed token the cluster never issued: TokenReview says no, and so does Vault.
     let refused = login(&stranger);

@@ -5,12 +5,9 @@
 use std::path::PathBuf;
 
 use pki_core::time::{Duration, OffsetDateTime};
-use pki_core::{
-    CaParams, ClientCertificateParams, CrlParams, KeyAlgorithm, Pkcs12Password, Pkcs12Profile,
-    Pkcs12Request, SubjectName, build_pkcs12, generate_root_ca, issue_client_certificate, sign_crl,
-};
+use pki_core::{CaParams, CrlParams, KeyAlgorithm, SubjectName, generate_root_ca, sign_crl};
 
-use crate::support::haproxy::HaProxy;
+use crate::support::haproxy::{HaProxy, P12_PASSWORD, p12_for};
 use crate::support::jobs::{JobRun, run_job, spawn_job, spawn_job_with_args, wait_job};
 use crate::support::openbao::{OpenBao, free_port};
 use crate::support::tools::{Scratch, keytool, openssl, run};
@@ -123,7 +120,7 @@ fn users_get_through_haproxy_and_the_revoked_do_not() {
     let p12 = p12_for(&stranger_ca, "alice");
     let file = s.dir.write("stranger.p12", p12);
     assert_eq!(
-        haproxy.get_with_p12(Some((&file, "pw-stranger"))),
+        haproxy.get_with_p12(Some((&file, P12_PASSWORD))),
         None,
         "a stranger got through"
     );
@@ -139,30 +136,6 @@ fn users_get_through_haproxy_and_the_revoked_do_not() {
             && text.contains("Key Compromise"),
         "{text}"
     );
-}
-
-fn p12_for(ca: &pki_core::CaCredential, name: &str) -> Vec<u8> {
-    let credential = issue_client_certificate(
-        ca,
-        &ClientCertificateParams {
-            name: name.into(),
-            email: format!("{name}@example.org"),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::days(30),
-        },
-        OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    build_pkcs12(&Pkcs12Request {
-        credential: &credential,
-        ca_chain: &[&ca.certificate],
-        friendly_name: name,
-        password: &Pkcs12Password::new("pw-stranger").unwrap(),
-        profile: Pkcs12Profile::Modern,
-        iterations: 2048,
-    })
-    .unwrap()
-    .to_vec()
 }
 
 #[test]
@@ -222,7 +195,7 @@ fn migration_trusts_the_legacy_ca_only_with_its_crl() {
     );
     let old_user = s.dir.write("olduser.p12", p12_for(&legacy, "olduser"));
     let (code, body) = haproxy
-        .get_with_p12(Some((&old_user, "pw-stranger")))
+        .get_with_p12(Some((&old_user, P12_PASSWORD)))
         .expect("the legacy client was refused");
     assert_eq!((code, body.as_str()), (200, "hello olduser"));
 }

@@ -5,7 +5,9 @@
 
 mod bootstrap;
 mod client_issuer;
+mod haproxy_consumers;
 mod images;
+mod kube_auth;
 mod manifests;
 mod nas_sync;
 mod pki_interop;

@@ -2,16 +2,17 @@
 //! `kubectl kustomize`; every object validates against its kind's schema (core kinds strictly
 //! with kubernetes-validate, core and CRD kinds with the kubernetes-models packages); every pod
 //! meets the restricted Pod Security Standard and the Job hygiene the jobs rely on; every image
-//! is one built from `images/`; every environment variable is one its job reads; the ordering
-//! on the CA is expressed on the Flux Kustomizations; the alert rules pass `promtool`.
+//! is one built from `images/`; every environment variable is one its job reads; on each
+//! cluster istiod is ordered after its `cacerts` in the terms Flux has (Kustomization
+//! `dependsOn` and health checks, HelmRelease `dependsOn`), and every object has exactly one
+//! owning Kustomization; the alert rules pass `promtool`.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 
-use serde::Deserialize;
 use serde_json::Value;
 
+use crate::support::flux::{FluxKustomization, files_named, flux_kustomizations};
 use crate::support::jobs::job_bin;
 use crate::support::openbao::workspace_root;
 use crate::support::tools::{Scratch, run};
@@ -22,70 +23,25 @@ struct Object {
     value: Value,
 }
 
-fn yaml_documents(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn files_named(dir: &Path, predicate: &dyn Fn(&str) -> bool, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_named(&path, predicate, out);
-        } else if predicate(path.file_name().unwrap().to_str().unwrap()) {
-            out.push(path);
-        }
-    }
-    out.sort();
-}
-
-/// Every object: each kustomization rendered, plus the Flux Kustomizations beside them.
+/// Every object: what each Flux Kustomization applies, plus the Flux Kustomizations.
 fn all_objects() -> Vec<Object> {
-    let root = workspace_root();
-    let mut kustomizations = Vec::new();
-    files_named(
-        &root.join("kubernetes"),
-        &|n| n == "kustomization.yaml",
-        &mut kustomizations,
-    );
-    assert!(
-        kustomizations.len() >= 5,
-        "kustomizations found: {kustomizations:?}"
-    );
     let mut objects = Vec::new();
-    for file in kustomizations {
-        let dir = file.parent().unwrap();
-        let rendered = run("kubectl", &["kustomize", dir.to_str().unwrap()], &root);
-        assert!(
-            rendered.success,
-            "kubectl kustomize {} failed:\n{}",
-            dir.display(),
-            rendered.all()
-        );
-        let source = dir.strip_prefix(&root).unwrap().display().to_string();
-        let docs = yaml_documents(&rendered.stdout);
-        assert!(!docs.is_empty(), "{source} renders nothing");
-        objects.extend(docs.into_iter().map(|value| Object {
+    for k in flux_kustomizations() {
+        let source = k.value["spec"]["path"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("./")
+            .to_owned();
+        objects.extend(k.objects.into_iter().map(|value| Object {
             source: source.clone(),
             value,
         }));
+        objects.push(Object {
+            source: k.file,
+            value: k.value,
+        });
     }
-    let mut flux = Vec::new();
-    files_named(
-        &root.join("kubernetes"),
-        &|n| n.ends_with("-kustomization.yaml"),
-        &mut flux,
-    );
-    for file in flux {
-        let source = file.strip_prefix(&root).unwrap().display().to_string();
-        let text = std::fs::read_to_string(&file).unwrap();
-        objects.extend(yaml_documents(&text).into_iter().map(|value| Object {
-            source: source.clone(),
-            value,
-        }));
-    }
+    assert!(objects.len() > 20, "{} objects", objects.len());
     objects
 }
 
@@ -369,78 +325,330 @@ fn every_image_is_built_here_and_every_variable_is_read_by_its_job() {
     }
 }
 
-#[test]
-fn the_ca_comes_before_istiod_in_flux_terms() {
-    let objects = all_objects();
-    let find = |kind: &str, name: &str| {
-        objects
-            .iter()
-            .find(|o| o.value["kind"] == kind && o.value["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("no {kind} {name}"))
-    };
-    let depends = |o: &Object| -> BTreeSet<String> {
-        o.value["spec"]["dependsOn"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| d["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    let bootstrap = find("Kustomization", "istio-ca-bootstrap");
+/// The names a Flux object's `dependsOn` lists.
+fn depends_on(o: &Value) -> BTreeSet<String> {
+    o["spec"]["dependsOn"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `kind namespace/name` of an object (or health check reference), for messages and sets.
+fn object_id(o: &Value) -> String {
+    let group = o["apiVersion"]
+        .as_str()
+        .unwrap_or("")
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    format!(
+        "{}{}{} {}/{}",
+        o["kind"].as_str().unwrap_or("?"),
+        if group.is_empty() { "" } else { "." },
+        group,
+        o["metadata"]["namespace"]
+            .as_str()
+            .or(o["namespace"].as_str())
+            .unwrap_or(""),
+        o["metadata"]["name"]
+            .as_str()
+            .or(o["name"].as_str())
+            .unwrap_or("?"),
+    )
+}
+
+/// The Kustomizations of one cluster by name, and every name a Kustomization depends on,
+/// transitively.
+fn closure<'a>(
+    by_name: &BTreeMap<&str, &'a FluxKustomization>,
+    start: &str,
+) -> Vec<&'a FluxKustomization> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = depends_on(&by_name[start].value).into_iter().collect();
+    let mut out = Vec::new();
+    while let Some(name) = todo.pop() {
+        if seen.insert(name.clone()) {
+            let k = by_name
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{start} depends on {name}, which is no Kustomization"));
+            todo.extend(depends_on(&k.value));
+            out.push(*k);
+        }
+    }
+    out
+}
+
+/// Flux's rules hold for every Kustomization and `HelmRelease` of one cluster.
+fn flux_rules_hold(cluster: &str, ks: &[&FluxKustomization]) {
+    let by_name: BTreeMap<&str, &FluxKustomization> = ks.iter().map(|k| (k.name(), *k)).collect();
     assert_eq!(
-        (
-            &bootstrap.value["spec"]["force"],
-            &bootstrap.value["spec"]["wait"]
-        ),
-        (&Value::Bool(true), &Value::Bool(true))
+        by_name.len(),
+        ks.len(),
+        "{cluster}: two Kustomizations share a name"
     );
-    assert!(bootstrap.value["spec"]["timeout"].is_string());
-    let istio = find("Kustomization", "istio");
-    assert_eq!(
-        depends(istio),
-        BTreeSet::from([
-            "istio-ca-bootstrap".to_owned(),
-            "security-configs".to_owned()
-        ])
-    );
-    assert_eq!(
-        depends(find("Kustomization", "security-configs")),
-        BTreeSet::from(["istio-ca-bootstrap".to_owned()])
-    );
-    // HelmRelease dependsOn names HelmReleases only, and only ones that exist.
-    let releases: BTreeSet<String> = objects
-        .iter()
-        .filter(|o| o.value["kind"] == "HelmRelease")
-        .map(|o| o.value["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    for o in objects.iter().filter(|o| o.value["kind"] == "HelmRelease") {
-        for d in depends(o) {
+    for k in ks {
+        let spec = &k.value["spec"];
+        assert!(
+            spec["force"].is_null(),
+            "{}: force replaces every object of the Kustomization; Jobs carry the annotation instead",
+            k.file
+        );
+        if spec["healthChecks"].is_array() {
+            assert_ne!(
+                spec["wait"], true,
+                "{}: with wait, Flux ignores healthChecks",
+                k.file
+            );
+        }
+        for check in spec["healthChecks"].as_array().into_iter().flatten() {
             assert!(
-                releases.contains(&d),
-                "{} depends on {d}, which is no HelmRelease",
-                label(o)
+                ["Job", "Secret"].contains(&check["kind"].as_str().unwrap()),
+                "{}: health check on {check}",
+                k.file
+            );
+        }
+        // Every dependency is a Kustomization of the same cluster, and there is no cycle.
+        let deps = closure(&by_name, k.name());
+        assert!(
+            deps.iter().all(|d| d.name() != k.name()),
+            "{}: circular dependsOn",
+            k.file
+        );
+        // A Job is replaced when it changes, and only a Job.
+        for o in &k.objects {
+            let forced =
+                o["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"] == "enabled";
+            assert_eq!(forced, o["kind"] == "Job", "{}: {}", k.file, object_id(o));
+        }
+    }
+    // HelmRelease dependsOn names HelmReleases of the same cluster and namespace.
+    let releases: Vec<&Value> = ks
+        .iter()
+        .flat_map(|k| &k.objects)
+        .filter(|o| o["kind"] == "HelmRelease")
+        .collect();
+    for r in &releases {
+        for d in depends_on(r) {
+            assert!(
+                releases.iter().any(|o| o["metadata"]["name"] == d.as_str()
+                    && o["metadata"]["namespace"] == r["metadata"]["namespace"]),
+                "{cluster}: {} depends on {d}, which is no HelmRelease",
+                object_id(r)
             );
         }
     }
+    let istiod = releases
+        .iter()
+        .find(|o| o["metadata"]["name"] == "istiod")
+        .unwrap_or_else(|| panic!("{cluster}: no istiod HelmRelease"));
     assert_eq!(
-        depends(find("HelmRelease", "istiod")),
+        depends_on(istiod),
         BTreeSet::from(["istio-base".to_owned()])
     );
-    // Every Flux Kustomization points at a directory that exists.
-    for o in objects
-        .iter()
-        .filter(|o| o.value["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1")
-    {
-        let path = o.value["spec"]["path"].as_str().unwrap();
-        assert!(
-            workspace_root()
-                .join(path)
-                .join("kustomization.yaml")
-                .exists(),
-            "{}: {path} has no kustomization",
-            label(o)
+    assert_eq!(
+        istiod["spec"]["values"]["global"]["multiCluster"]["clusterName"],
+        cluster
+    );
+    assert!(
+        by_name["istio"]
+            .objects
+            .iter()
+            .any(|o| o["kind"] == "HelmRelease" && o["metadata"]["name"] == "istiod"),
+        "{cluster}: the Kustomization istio does not apply istiod"
+    );
+}
+
+/// The Kustomization whose readiness means "`cacerts` holds the shared CA", checked for what
+/// makes it so on each cluster.
+fn cacerts_gate<'a>(
+    cluster: &str,
+    by_name: &BTreeMap<&str, &'a FluxKustomization>,
+) -> &'a FluxKustomization {
+    if cluster == "homelab" {
+        let gate = by_name["istio-cacerts"];
+        // The Secret exists only once ESO wrote it from the Vault bundle.
+        assert!(gate.objects.iter().any(|o| o["kind"] == "ExternalSecret"
+            && o["spec"]["target"]["name"] == "cacerts"
+            && o["metadata"]["namespace"] == "istio-system"));
+        assert_eq!(
+            gate.value["spec"]["healthChecks"],
+            serde_json::json!([{"apiVersion": "v1", "kind": "Secret", "name": "cacerts", "namespace": "istio-system"}])
         );
+        return gate;
     }
+    let gate = by_name["istio-ca-sync"];
+    assert_eq!(
+        gate.value["spec"]["healthChecks"],
+        serde_json::json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "istio-ca-sync-initial", "namespace": "istio-system"}])
+    );
+    let job = gate
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Job" && o["metadata"]["name"] == "istio-ca-sync-initial")
+        .expect("the first sync Job is applied by the gate");
+    let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SYNC_CLUSTER" && e["value"] == "nas"),
+        "the first sync Job syncs the NAS bundle"
+    );
+    gate
+}
+
+/// Flux's terms, from kustomize-controller's docs/spec/v1/kustomizations.md: a Kustomization's
+/// `dependsOn` names Kustomizations and is satisfied once they are Ready; `wait: true` checks
+/// everything it applied and makes Flux ignore `healthChecks`; `healthChecks` can name a Job
+/// or a Secret, and a missing object is not healthy. A `HelmRelease`'s `dependsOn` names only
+/// `HelmRelease`s (helm-controller's docs/spec/v2/helmreleases.md).
+#[test]
+fn istiod_comes_after_cacerts_on_both_clusters_in_flux_terms() {
+    let all = flux_kustomizations();
+    for cluster in ["homelab", "nas"] {
+        let ks: Vec<&FluxKustomization> = all.iter().filter(|k| k.cluster == cluster).collect();
+        flux_rules_hold(cluster, &ks);
+        let by_name: BTreeMap<&str, &FluxKustomization> =
+            ks.iter().map(|k| (k.name(), *k)).collect();
+        let gate = cacerts_gate(cluster, &by_name);
+        assert!(gate.value["spec"]["retryInterval"].is_string());
+        // What istio waits for, transitively: the gate and what the gate needs, nothing else.
+        let waits_for = closure(&by_name, "istio");
+        let names: BTreeSet<&str> = waits_for.iter().map(|k| k.name()).collect();
+        let expected = if cluster == "homelab" {
+            BTreeSet::from(["istio-cacerts", "istio-namespace"])
+        } else {
+            BTreeSet::from(["istio-ca-sync"])
+        };
+        assert_eq!(names, expected, "{cluster}");
+        // The mesh does not wait for the NAS Vault store, the HAProxy Secret or the alerts.
+        for k in &waits_for {
+            for o in &k.objects {
+                assert!(
+                    !["ClusterSecretStore", "PrometheusRule"]
+                        .contains(&o["kind"].as_str().unwrap())
+                        && o["metadata"]["name"] != "sync-ca-from-nas",
+                    "{cluster}: istio waits for {} through {}",
+                    object_id(o),
+                    k.name()
+                );
+            }
+        }
+    }
+}
+
+/// Who applies what, per cluster: `(object id, Kustomization)` for every rendered object, and
+/// the Secrets an ExternalSecret owns.
+fn ownership_conflicts(ks: &[&FluxKustomization]) -> Vec<String> {
+    let mut owners: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for k in ks {
+        for o in &k.objects {
+            owners.entry(object_id(o)).or_default().push(k.name());
+        }
+    }
+    let mut conflicts: Vec<String> = owners
+        .iter()
+        .filter(|(_, by)| by.len() > 1)
+        .map(|(id, by)| format!("{id} is applied by {}", by.join(" and ")))
+        .collect();
+    for k in ks {
+        for es in k.objects.iter().filter(|o| o["kind"] == "ExternalSecret") {
+            let target = format!(
+                "Secret {}/{}",
+                es["metadata"]["namespace"].as_str().unwrap(),
+                es["spec"]["target"]["name"].as_str().unwrap()
+            );
+            if let Some(by) = owners.get(&target) {
+                conflicts.push(format!(
+                    "{target} is applied by {} and owned by ExternalSecret {}",
+                    by.join(" and "),
+                    es["metadata"]["name"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    conflicts
+}
+
+/// One owner per object in each cluster, or Flux's prune deletes what another Kustomization
+/// applied; and every kustomization directory is applied by a Flux Kustomization, directly or
+/// as a resource of one.
+#[test]
+fn every_object_has_exactly_one_owning_kustomization() {
+    let all = flux_kustomizations();
+    for cluster in ["homelab", "nas"] {
+        let ks: Vec<&FluxKustomization> = all.iter().filter(|k| k.cluster == cluster).collect();
+        let conflicts = ownership_conflicts(&ks);
+        assert!(conflicts.is_empty(), "{cluster}:\n{}", conflicts.join("\n"));
+
+        let root = workspace_root();
+        let mut dirs = Vec::new();
+        files_named(
+            &root.join("kubernetes").join(cluster),
+            &|n| n == "kustomization.yaml",
+            &mut dirs,
+        );
+        let applied: BTreeSet<std::path::PathBuf> = ks
+            .iter()
+            .map(|k| {
+                root.join(k.value["spec"]["path"].as_str().unwrap())
+                    .canonicalize()
+                    .unwrap()
+            })
+            .collect();
+        let mut referenced = BTreeSet::new();
+        for file in &dirs {
+            let text = std::fs::read_to_string(file).unwrap();
+            let value: Value = serde_norway::from_str(&text).unwrap();
+            for key in ["resources", "components"] {
+                for r in value[key].as_array().into_iter().flatten() {
+                    if let Ok(path) = file
+                        .parent()
+                        .unwrap()
+                        .join(r.as_str().unwrap())
+                        .canonicalize()
+                    {
+                        referenced.insert(path);
+                    }
+                }
+            }
+        }
+        for file in &dirs {
+            let dir = file.parent().unwrap().canonicalize().unwrap();
+            let text = std::fs::read_to_string(file).unwrap();
+            if text.contains("kind: Component") {
+                continue; // Selected or not; rendered by the Secret shape tests.
+            }
+            assert!(
+                applied.contains(&dir) || referenced.contains(&dir),
+                "{} is applied by no Flux Kustomization",
+                dir.display()
+            );
+        }
+    }
+    // The check bites: the same Secret in two Kustomizations, and a Secret an ExternalSecret
+    // owns declared by a Kustomization too.
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts", "namespace": "istio-system"}});
+    let external = serde_json::json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": "x", "namespace": "istio-system"}, "spec": {"target": {"name": "cacerts"}}});
+    let fake = |name: &str, objects: Vec<Value>| FluxKustomization {
+        cluster: "test".into(),
+        file: format!("{name}.yaml"),
+        value: serde_json::json!({"metadata": {"name": name}}),
+        objects,
+    };
+    let (a, b) = (
+        fake("a", vec![secret.clone()]),
+        fake("b", vec![secret, external]),
+    );
+    assert_eq!(
+        ownership_conflicts(&[&a, &b]),
+        [
+            "Secret istio-system/cacerts is applied by a and b",
+            "Secret istio-system/cacerts is applied by a and b and owned by ExternalSecret x"
+        ]
+    );
 }
 
 #[test]

@@ -5,13 +5,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use crate::support::flux::render;
 use crate::support::jobs::{JobRun, run_job};
 use crate::support::kube_api::FakeApiServer;
-use crate::support::openbao::{OpenBao, ROOT_TOKEN, TokenIssuer};
+use crate::support::openbao::{OpenBao, ROOT_TOKEN, workspace_root};
 use crate::support::tools::Scratch;
 
 const JOB: &str = "nas-sync-job";
-const SA_TOKEN: &str = "nas-cluster-token-of-istio-ca-sync";
 
 struct Setup {
     bao: OpenBao,
@@ -36,9 +36,12 @@ impl Setup {
         assert_eq!(boot.code, 0, "{}", boot.stderr);
         let api = FakeApiServer::start();
         api.create_namespace("istio-system");
-        api.issue_token(SA_TOKEN, "istio-system", "istio-ca-sync");
+        api.create_service_account("istio-system", "istio-ca-sync");
         api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
-        dir.write("kubeconfig", api.kubeconfig(SA_TOKEN));
+        dir.write(
+            "kubeconfig",
+            api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
+        );
         Self { bao, api, dir }
     }
 
@@ -219,13 +222,23 @@ fn rbac_and_missing_namespaces_are_refused_clearly() {
     assert_exit(&denied, 6);
     assert!(denied.error().contains("read secret 'istio-system/other' failed: the API server answered 403 Forbidden: secrets \"other\" is forbidden: User \"system:serviceaccount:istio-system:istio-ca-sync\" cannot get resource \"secrets\""), "{}", denied.error());
 
+    // The job's service account lives elsewhere, and may patch cacerts in any namespace; the
+    // target namespace does not exist.
     let fresh = Setup::new();
     let api_without_ns = FakeApiServer::start();
-    api_without_ns.issue_token(SA_TOKEN, "istio-system", "istio-ca-sync");
-    api_without_ns.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
-    fresh
-        .dir
-        .write("kubeconfig", api_without_ns.kubeconfig(SA_TOKEN));
+    api_without_ns.load(&[
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "pki-sync"}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "istio-ca-sync", "namespace": "pki-sync"}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "cacerts-writer"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["cacerts"], "verbs": ["get", "patch"]}]}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "cacerts-writer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cacerts-writer"},
+            "subjects": [{"kind": "ServiceAccount", "name": "istio-ca-sync", "namespace": "pki-sync"}]}),
+    ]);
+    fresh.dir.write(
+        "kubeconfig",
+        api_without_ns.kubeconfig(&api_without_ns.api_token("pki-sync", "istio-ca-sync")),
+    );
     let missing = fresh.run(&[]);
     assert_exit(&missing, 7);
     assert!(
@@ -238,13 +251,21 @@ fn rbac_and_missing_namespaces_are_refused_clearly() {
 }
 
 /// The NAS cluster logs into the homelab Vault through its own auth mount; Vault asks the NAS
-/// cluster's TokenReview API (the same fake), and the job then applies into that cluster.
+/// cluster's TokenReview API (the same fake) with the reviewer of `kubernetes/nas`, and the job
+/// then applies into that cluster with its API token.
 #[test]
 fn kubernetes_login_through_the_nas_cluster() {
     let s = Setup::new();
-    let issuer = TokenIssuer::new(&s.dir);
-    let jwt = issuer.token("istio-system", "istio-ca-sync");
-    s.api.issue_token(&jwt, "istio-system", "istio-ca-sync");
+    s.api.load(&render(
+        &workspace_root().join("kubernetes/nas/security/vault-auth"),
+    ));
+    let reviewer = s
+        .api
+        .secret("vault-auth", "vault-token-reviewer")
+        .unwrap()
+        .data["token"]
+        .clone();
+    let reviewer = s.dir.write("reviewer.jwt", reviewer);
     s.bao.policy(
         "istio-ca-sync-nas",
         r#"path "secret/data/istio/clusters/nas" { capabilities = ["read"] }"#,
@@ -261,6 +282,7 @@ fn kubernetes_login_through_the_nas_cluster() {
             "auth/kubernetes-nas/config",
             &format!("kubernetes_host={}", s.api.url),
             &format!("kubernetes_ca_cert=@{}", api_ca.display()),
+            &format!("token_reviewer_jwt=@{}", reviewer.display()),
             "disable_local_ca_jwt=true",
         ])
         .ok();
@@ -270,9 +292,13 @@ fn kubernetes_login_through_the_nas_cluster() {
             "auth/kubernetes-nas/role/istio-ca-sync",
             "bound_service_account_names=istio-ca-sync",
             "bound_service_account_namespaces=istio-system",
+            "audience=vault",
             "token_policies=istio-ca-sync-nas",
         ])
         .ok();
+    let jwt = s
+        .api
+        .token("istio-system", "istio-ca-sync", &["vault"], 600);
     let token_file = s.dir.write("sa.jwt", &jwt);
     let kubeconfig = s.dir.path().join("kubeconfig");
     let run = run_job(
@@ -287,6 +313,7 @@ fn kubernetes_login_through_the_nas_cluster() {
     );
     assert_exit(&run, 0);
     assert!(s.cacerts().is_some());
+    assert_eq!(s.api.token_review_codes(), [201]);
     assert!(!run.stderr.contains(&jwt));
 }
 
@@ -336,13 +363,15 @@ fn without_a_cluster_it_writes_manifests() {
 fn the_fake_api_server_is_as_strict_as_a_real_one() {
     let api = FakeApiServer::start();
     api.create_namespace("istio-system");
-    api.issue_token("t", "istio-system", "istio-ca-sync");
+    api.create_service_account("istio-system", "istio-ca-sync");
     api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+    let token = api.api_token("istio-system", "istio-ca-sync");
+    let vault_token = api.token("istio-system", "istio-ca-sync", &["vault"], 600);
     let dir = Scratch::new();
     let url = format!("{}/api/v1/namespaces/istio-system/secrets/cacerts", api.url);
     let body =
         r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"cacerts"},"data":{"a":"YQ=="}}"#;
-    let request = |auth: bool, content_type: &str, query: &str, body: &str| -> u16 {
+    let request_as = |bearer: Option<&str>, content_type: &str, query: &str, body: &str| -> u16 {
         let mut args = vec![
             "-s".to_owned(),
             "-o".into(),
@@ -352,8 +381,8 @@ fn the_fake_api_server_is_as_strict_as_a_real_one() {
             "-X".into(),
             "PATCH".into(),
         ];
-        if auth {
-            args.extend(["-H".into(), "Authorization: Bearer t".into()]);
+        if let Some(bearer) = bearer {
+            args.extend(["-H".into(), format!("Authorization: Bearer {bearer}")]);
         }
         args.extend([
             "-H".into(),
@@ -369,8 +398,23 @@ fn the_fake_api_server_is_as_strict_as_a_real_one() {
             .parse()
             .unwrap()
     };
+    let request = |authenticated: bool, content_type: &str, query: &str, body: &str| {
+        request_as(
+            authenticated.then_some(token.as_str()),
+            content_type,
+            query,
+            body,
+        )
+    };
     let apply = "application/apply-patch+yaml";
-    assert_eq!(request(false, apply, "?fieldManager=a", body), 401);
+    // Anonymous requests are allowed in and then refused by RBAC; a bearer the server cannot
+    // authenticate (not its token, or a token for another audience) is refused outright.
+    assert_eq!(request(false, apply, "?fieldManager=a", body), 403);
+    assert_eq!(request_as(Some("t"), apply, "?fieldManager=a", body), 401);
+    assert_eq!(
+        request_as(Some(&vault_token), apply, "?fieldManager=a", body),
+        401
+    );
     assert_eq!(
         request(
             true,
@@ -416,7 +460,7 @@ fn an_unreachable_api_server_fails_after_bounded_retries() {
     let dead = crate::support::openbao::free_port();
     let dead_config = s
         .api
-        .kubeconfig(SA_TOKEN)
+        .kubeconfig(&s.api.api_token("istio-system", "istio-ca-sync"))
         .replace(&s.api.url, &format!("http://127.0.0.1:{dead}"));
     let kubeconfig = s.dir.write("dead-kubeconfig", dead_config);
     let run = run_job(

@@ -8,14 +8,25 @@
 #
 # Each cluster authenticates through its own mount, Kubernetes auth by default: in the homelab
 # Vault `kubernetes` (homelab) and `kubernetes-nas` (NAS cluster), or `jwt`/`jwt-nas`; in the
-# NAS Vault `kubernetes` (or `jwt`). Roles:
+# NAS Vault `kubernetes` (or `jwt`).
+#
+# Kubernetes auth is configured with a reviewer: Vault sends every login JWT to the cluster's
+# TokenReview API with the token of vault-auth/vault-token-reviewer (kubernetes/<cluster>/
+# security/vault-auth, bound to system:auth-delegator) as the bearer. Without one, Vault would
+# send the login JWT itself, which the API server refuses: it carries the audience `vault`, not
+# the API server's, and the job's service account may not create TokenReviews. Read it with
+#   kubectl -n vault-auth get secret vault-token-reviewer -o jsonpath='{.data.token}' | base64 -d
+# disable_local_ca_jwt=true: never fall back to the token and CA of Vault's own pod, which
+# belong to whichever cluster Vault runs in. Roles:
 #   homelab Vault: istio-ca-bootstrap (istio-system/istio-ca-bootstrap),
 #                  istio-ca-reader (istio-system/istio-cacerts-reader, the homelab SecretStore),
 #                  istio-ca-sync on the NAS mount (istio-system/istio-ca-sync)
 #   NAS Vault:     client-issuer (pki/client-issuer)
 #   HOMELAB_AUTH / NAS_AUTH        kubernetes | jwt                       [kubernetes]
-#   HOMELAB_K8S_HOST, HOMELAB_K8S_CA_FILE   for kubernetes auth of the homelab cluster
-#   NAS_K8S_HOST, NAS_K8S_CA_FILE           for kubernetes auth of the NAS cluster
+#   HOMELAB_K8S_HOST, HOMELAB_K8S_CA_FILE, HOMELAB_K8S_REVIEWER_JWT_FILE
+#                                  kubernetes auth of the homelab cluster: API server URL, its
+#                                  CA (PEM), the reviewer's token (a file, as read above)
+#   NAS_K8S_HOST, NAS_K8S_CA_FILE, NAS_K8S_REVIEWER_JWT_FILE   the same for the NAS cluster
 #   HOMELAB_JWT_KEYS_FILE, NAS_JWT_KEYS_FILE  PEM public keys of the service-account issuer (jwt)
 #   JWT_ISSUER                     expected iss of service-account tokens
 #                                  [https://kubernetes.default.svc.cluster.local]
@@ -37,7 +48,7 @@ fi
 # named after its method plus SUFFIX (kubernetes, kubernetes-nas, jwt-nas, ...); prints
 # "<mount> <method>".
 auth_mount() {
-  local cluster=$1 suffix=$2 method mount host_var ca_var keys_var
+  local cluster=$1 suffix=$2 method mount host_var ca_var jwt_var keys_var
   method=$(eval echo "\${${cluster^^}_AUTH:-kubernetes}")
   mount=$method$suffix
   local auths
@@ -48,8 +59,11 @@ auth_mount() {
   case $method in
     kubernetes)
       host_var=${cluster^^}_K8S_HOST; ca_var=${cluster^^}_K8S_CA_FILE
+      jwt_var=${cluster^^}_K8S_REVIEWER_JWT_FILE
       $cli write "auth/$mount/config" kubernetes_host="${!host_var:?$host_var is required}" \
-        kubernetes_ca_cert=@"${!ca_var:?$ca_var is required}" disable_local_ca_jwt=true >/dev/null ;;
+        kubernetes_ca_cert=@"${!ca_var:?$ca_var is required}" \
+        token_reviewer_jwt=@"${!jwt_var:?$jwt_var is required (the token of vault-auth/vault-token-reviewer)}" \
+        disable_local_ca_jwt=true >/dev/null ;;
     jwt)
       keys_var=${cluster^^}_JWT_KEYS_FILE
       $cli write "auth/$mount/config" jwt_validation_pubkeys=@"${!keys_var:?$keys_var is required}" \
@@ -59,7 +73,9 @@ auth_mount() {
   echo "$mount $method"
 }
 
-# role MOUNT METHOD ROLE NAMESPACE SERVICEACCOUNT POLICY
+# role MOUNT METHOD ROLE NAMESPACE SERVICEACCOUNT POLICY: bound to one service account and to
+# the audience its projected token carries (kubernetes/: `audience: vault`), so that neither a
+# token for the API server nor one for another system logs in.
 role() {
   local mount=$1 method=$2 name=$3 namespace=$4 sa=$5 policy=$6
   if [ "$method" = kubernetes ]; then

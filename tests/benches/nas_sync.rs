@@ -61,9 +61,10 @@ fn main() {
     assert_eq!(run_job("bootstrap-job", &vault, dir.path()).code, 0);
     let api = FakeApiServer::start();
     api.create_namespace("istio-system");
-    api.issue_token("bench", "istio-system", "istio-ca-sync");
+    api.create_service_account("istio-system", "istio-ca-sync");
     api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
-    let kubeconfig = dir.write("kubeconfig", api.kubeconfig("bench"));
+    let bench_token = api.api_token("istio-system", "istio-ca-sync");
+    let kubeconfig = dir.write("kubeconfig", api.kubeconfig(&bench_token));
     let kubeconfig = kubeconfig.to_str().unwrap();
     let mut env = vault.to_vec();
     env.extend([
@@ -84,7 +85,7 @@ fn main() {
     let bao = bao_bin();
     let shell = format!(
         "{bao} kv get -format=json -mount=secret istio/clusters/nas > v.json
-         curl -sf -H 'Authorization: Bearer bench' {api}/api/v1/namespaces/istio-system/secrets/cacerts > k.json
+         curl -sf -H 'Authorization: Bearer {bench_token}' {api}/api/v1/namespaces/istio-system/secrets/cacerts > k.json
          for key in ca-cert.pem ca-key.pem root-cert.pem cert-chain.pem; do
            [ \"$(jq -r --arg k \"$key\" '.data.data[$k]' v.json)\" = \"$(jq -r --arg k \"$key\" '.data[$k]' k.json | base64 -d)\" ]
          done",

@@ -1,11 +1,20 @@
 //! An over-the-wire stand-in for the Kubernetes API server, for what the jobs and Vault use
-//! of it. It speaks plain HTTP/1.1 on a free loopback port and answers as the real one does:
-//! - `TokenReview` (for Vault's Kubernetes auth method) authenticates only the tokens this
-//!   cluster issued, with the real response shape;
+//! of it. It speaks plain HTTP/1.1 on a free loopback port and answers as kube-apiserver does:
+//! - every request is authenticated first: no credentials make the anonymous user (anonymous
+//!   requests are on by default), a bearer token must be a service-account token this cluster
+//!   signed, unexpired, for the API server's audience, of a service account that still exists
+//!   (see `kube_authn`); anything else is `401 Unauthorized` with the API server's terse Status;
+//! - then authorized by RBAC from the Role/ClusterRole/…Binding objects loaded from the rendered
+//!   manifests plus the bootstrap policy (see `kube_rbac`): `403 Forbidden` with its wording;
+//! - `TokenReview` (`pkg/registry/authentication/tokenreview/storage.go`): a token is required;
+//!   the requested audiences default to the API server's; the answer names
+//!   `system:serviceaccount:<ns>:<sa>`, the service account's uid, its groups, and as
+//!   `audiences` the intersection of the token's and the requested ones; a refused token is
+//!   `authenticated: false` with the reason in `error`;
 //! - Secrets: GET and server-side apply (PATCH `application/apply-patch+yaml` with a
-//!   `fieldManager`), with bearer-token authentication, per-Secret RBAC (403), missing
-//!   namespaces (404), `resourceVersion` bumped only by real changes, field ownership per
-//!   data key (409 on a conflicting apply without `force`), and `Status` bodies for errors.
+//!   `fieldManager`), missing namespaces (404), `resourceVersion` bumped only by real changes,
+//!   field ownership per data key (409 on a conflicting apply without `force`);
+//! - service-account token Secrets get their legacy token, as the token controller writes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,12 +28,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-/// A service account a token was issued to.
-#[derive(Debug, Clone)]
-pub struct ServiceAccount {
-    pub namespace: String,
-    pub name: String,
-}
+use super::kube_authn::{
+    Refusal, SigningKey, TokenObjects, User, authenticate, bound_claims, legacy_claims, random_uid,
+};
+use super::kube_rbac::{Rbac, Request as RbacRequest};
+
+/// The field manager Flux's kustomize-controller applies with: objects loaded from manifests
+/// are its.
+const FLUX_MANAGER: &str = "kustomize-controller";
 
 /// A stored Secret; each data key remembers which field manager set it.
 #[derive(Debug, Clone, Default)]
@@ -43,17 +54,30 @@ pub struct SecretView {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Default)]
 struct State {
-    /// token -> the service account it authenticates.
-    tokens: HashMap<String, ServiceAccount>,
-    /// Request lines seen, for assertions.
+    key: SigningKey,
+    /// (namespace, name) -> uid.
+    service_accounts: BTreeMap<(String, String), String>,
+    /// "METHOD path -> code" of every request, for assertions.
     requests: Vec<String>,
     namespaces: BTreeSet<String>,
     secrets: BTreeMap<(String, String), StoredSecret>,
-    /// (service account "ns:name", verb, namespace, secret name) that RBAC allows.
-    grants: BTreeSet<(String, String, String, String)>,
+    rbac: Rbac,
     resource_version: u64,
+}
+
+impl TokenObjects for State {
+    fn service_account_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.service_accounts
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    fn secret_token(&self, namespace: &str, name: &str) -> Option<String> {
+        let secret = self.secrets.get(&(namespace.to_owned(), name.to_owned()))?;
+        let (value, _) = secret.data.get("token")?;
+        String::from_utf8(STANDARD.decode(value).ok()?).ok()
+    }
 }
 
 pub struct FakeApiServer {
@@ -68,7 +92,15 @@ impl FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            key: SigningKey::generate(),
+            service_accounts: BTreeMap::new(),
+            requests: Vec::new(),
+            namespaces: BTreeSet::new(),
+            secrets: BTreeMap::new(),
+            rbac: Rbac::with_bootstrap_policy(),
+            resource_version: 0,
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (state, stop) = (state.clone(), stop.clone());
@@ -92,17 +124,119 @@ impl FakeApiServer {
         }
     }
 
-    /// Makes `token` authenticate as `namespace/name`, as if the cluster had issued it.
-    pub fn issue_token(&self, token: &str, namespace: &str, name: &str) {
-        self.state.lock().unwrap().tokens.insert(
-            token.to_owned(),
-            ServiceAccount {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            },
-        );
+    /// Applies objects as Flux would (namespaces first): `Namespace`, `ServiceAccount`, `Secret`
+    /// and RBAC objects are stored, other kinds are not served here and are skipped. A stored
+    /// object in a namespace that does not exist is refused, as the API server refuses it.
+    pub fn load(&self, objects: &[Value]) {
+        for o in objects.iter().filter(|o| o["kind"] == "Namespace") {
+            self.create_namespace(o["metadata"]["name"].as_str().unwrap());
+        }
+        for o in objects.iter().filter(|o| o["kind"] == "ServiceAccount") {
+            let (ns, name) = namespaced_name(o);
+            self.create_service_account(&ns, &name);
+        }
+        let mut state = self.state.lock().unwrap();
+        for o in objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            if !matches!(kind, "Secret" | "Role" | "RoleBinding") {
+                state.rbac.load(o);
+                continue;
+            }
+            let (ns, name) = namespaced_name(o);
+            assert!(
+                state.namespaces.contains(&ns),
+                "{kind} {name}: namespaces \"{ns}\" not found"
+            );
+            if kind == "Secret" {
+                store_secret(&mut state, &ns, &name, o);
+            } else {
+                state.rbac.load(o);
+            }
+        }
     }
 
+    pub fn create_namespace(&self, namespace: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .namespaces
+            .insert(namespace.to_owned());
+    }
+
+    /// Creates a service account (a fresh uid each time, as the API server assigns one).
+    pub fn create_service_account(&self, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        assert!(
+            state.namespaces.contains(namespace),
+            "ServiceAccount {name}: namespaces \"{namespace}\" not found"
+        );
+        state
+            .service_accounts
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_insert_with(random_uid);
+    }
+
+    /// `kubectl delete serviceaccount`: every token of it stops authenticating.
+    pub fn delete_service_account(&self, namespace: &str, name: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .service_accounts
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// `kubectl delete rolebinding|clusterrolebinding` of every binding to `role`.
+    pub fn remove_bindings_of(&self, role: &str) {
+        self.state.lock().unwrap().rbac.remove_bindings_of(role);
+    }
+
+    /// A bound token, as `TokenRequest` (and so a projected `serviceAccountToken` volume, or
+    /// ESO's `serviceAccountRef`) issues it: `audiences` (the API server's when empty), valid for
+    /// `expiration_secs`.
+    pub fn token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        expiration_secs: i64,
+    ) -> String {
+        let state = self.state.lock().unwrap();
+        let uid = state
+            .service_account_uid(namespace, name)
+            .unwrap_or_else(|| panic!("serviceaccounts \"{name}\" not found in {namespace}"));
+        state.key.sign(&bound_claims(
+            namespace,
+            name,
+            &uid,
+            audiences,
+            expiration_secs,
+        ))
+    }
+
+    /// A token for this API server (its default audience), valid for an hour.
+    pub fn api_token(&self, namespace: &str, name: &str) -> String {
+        self.token(namespace, name, &[], 3600)
+    }
+
+    /// Signs arbitrary claims with the cluster's key (for tokens a cluster would refuse).
+    pub fn sign(&self, claims: &Value) -> String {
+        self.state.lock().unwrap().key.sign(claims)
+    }
+
+    /// The uid of a service account.
+    pub fn service_account_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .service_account_uid(namespace, name)
+    }
+
+    /// The service-account issuer's public key (PEM), for Vault's JWT auth.
+    pub fn public_key_pem(&self) -> String {
+        self.state.lock().unwrap().key.public_key_pem()
+    }
+
+    /// "METHOD path -> code" of every request so far.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -115,25 +249,28 @@ impl FakeApiServer {
             .count()
     }
 
-    pub fn create_namespace(&self, namespace: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .namespaces
-            .insert(namespace.to_owned());
+    /// The status codes answered to TokenReview requests, in order.
+    pub fn token_review_codes(&self) -> Vec<u16> {
+        self.requests()
+            .iter()
+            .filter(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews "))
+            .filter_map(|r| r.rsplit_once(" -> ")?.1.parse().ok())
+            .collect()
     }
 
-    /// Lets the service account `get` and `patch` one Secret (a Role with `resourceNames`).
+    /// Lets the service account `get` and `patch` one Secret: a Role with `resourceNames` and
+    /// its `RoleBinding`, evaluated like any other RBAC object.
     pub fn grant(&self, sa_namespace: &str, sa_name: &str, namespace: &str, secret: &str) {
-        let mut state = self.state.lock().unwrap();
-        for verb in ["get", "patch"] {
-            state.grants.insert((
-                format!("{sa_namespace}:{sa_name}"),
-                verb.into(),
-                namespace.into(),
-                secret.into(),
-            ));
-        }
+        let role = format!("grant-{sa_name}-{secret}");
+        self.load(&[
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": role, "namespace": namespace},
+                   "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "patch"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": role, "namespace": namespace},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                   "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}]}),
+        ]);
     }
 
     /// A Secret as stored: data decoded, its resourceVersion and annotations.
@@ -190,6 +327,72 @@ impl Drop for FakeApiServer {
             let _ = thread.join();
         }
     }
+}
+
+fn namespaced_name(o: &Value) -> (String, String) {
+    (
+        o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// Stores a Secret from a manifest; a service-account token Secret gets the token controller's
+/// fields (`pkg/controller/serviceaccount/tokens_controller.go`): the legacy token and the
+/// namespace (no `ca.crt`: this server speaks plain HTTP and has no CA).
+fn store_secret(state: &mut State, namespace: &str, name: &str, o: &Value) {
+    let string_map = |v: &Value| -> BTreeMap<String, String> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut secret = StoredSecret {
+        secret_type: o["type"].as_str().unwrap_or("Opaque").to_owned(),
+        labels: string_map(&o["metadata"]["labels"]),
+        annotations: string_map(&o["metadata"]["annotations"]),
+        ..StoredSecret::default()
+    };
+    for (k, v) in string_map(&o["data"]) {
+        secret.data.insert(k, (v, FLUX_MANAGER.into()));
+    }
+    if secret.secret_type == "kubernetes.io/service-account-token" {
+        let account = secret
+            .annotations
+            .get("kubernetes.io/service-account.name")
+            .cloned()
+            .expect("a token Secret names its service account");
+        let uid = state
+            .service_account_uid(namespace, &account)
+            .unwrap_or_else(|| {
+                panic!("token Secret {name}: serviceaccounts \"{account}\" not found")
+            });
+        let token = state
+            .key
+            .sign(&legacy_claims(namespace, name, &account, &uid));
+        secret
+            .annotations
+            .insert("kubernetes.io/service-account.uid".into(), uid);
+        for (k, v) in [("token", token.as_str()), ("namespace", namespace)] {
+            secret.data.insert(
+                k.into(),
+                (STANDARD.encode(v), "kube-controller-manager".into()),
+            );
+        }
+    }
+    state.resource_version += 1;
+    secret.resource_version = state.resource_version;
+    state
+        .secrets
+        .insert((namespace.to_owned(), name.to_owned()), secret);
 }
 
 /// Bounded: nothing we serve takes a body larger than a few KiB.
@@ -272,12 +475,12 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader) {
+        let (code, body) = handle(&request, state);
         state
             .lock()
             .unwrap()
             .requests
-            .push(format!("{} {}", request.method, request.path));
-        let (code, body) = route(&request, state);
+            .push(format!("{} {} -> {code}", request.method, request.path));
         let body = body.to_string();
         let reason = match code {
             200 => "OK",
@@ -301,6 +504,45 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     }
 }
 
+/// Authentication, then routing (which authorizes). As `staging/src/k8s.io/apiserver/pkg/
+/// authentication/request/bearertoken/bearertoken.go` reads the header: only a `Bearer` scheme
+/// (any case) with a non-empty token is a credential; anything else is no credential, which
+/// makes the anonymous user. A credential that does not authenticate is a 401.
+fn handle(request: &Request, state: &Mutex<State>) -> (u16, Value) {
+    let user = {
+        let state = state.lock().unwrap();
+        let header = request
+            .headers
+            .get("authorization")
+            .map_or("", |h| h.trim());
+        let token = header
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty());
+        match token {
+            None => User::anonymous(),
+            Some(token) => match authenticate(&state.key, &*state, token, None) {
+                Ok((user, _)) => user,
+                // The reason goes to the server's log, never to the client.
+                Err(_) => return unauthorized(),
+            },
+        }
+    };
+    route(request, &user, state)
+}
+
+fn unauthorized() -> (u16, Value) {
+    status(401, "Unauthorized", "Unauthorized")
+}
+
+fn authorize(state: &Mutex<State>, user: &User, request: &RbacRequest) -> Result<(), (u16, Value)> {
+    if state.lock().unwrap().rbac.allows(user, request) {
+        return Ok(());
+    }
+    Err(status(403, "Forbidden", &request.forbidden_message(user)))
+}
+
 fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     (
         code,
@@ -309,51 +551,70 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     )
 }
 
-fn route(request: &Request, state: &Mutex<State>) -> (u16, Value) {
+fn route(request: &Request, user: &User, state: &Mutex<State>) -> (u16, Value) {
     let path = request.path.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if let ["api", "v1", "namespaces", namespace, "secrets", name] = parts[..] {
-        return secrets(request, state, namespace, name);
+        return secrets(request, user, state, namespace, name);
     }
-    match (request.method.as_str(), path) {
-        // Discovery, as kubectl asks for it before its first request.
-        ("GET", "/api") => (
-            200,
-            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
-        ),
-        ("GET", "/apis") => (
-            200,
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-                "name": "authentication.k8s.io",
-                "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
-            }]}),
-        ),
-        ("GET", "/api/v1") => (
-            200,
-            json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [{
-                "name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret",
-                "verbs": ["get", "patch"],
-            }]}),
-        ),
-        ("GET", "/version") => (
-            200,
-            json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}),
-        ),
-        ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
-            token_review(&request.body, state)
+    if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        if request.method != "POST" {
+            return status(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            );
         }
-        (_, "/apis/authentication.k8s.io/v1/tokenreviews") => status(
+        let create = RbacRequest::Resource {
+            verb: "create".into(),
+            group: "authentication.k8s.io".into(),
+            resource: "tokenreviews".into(),
+            namespace: None,
+            name: None,
+        };
+        if let Err(refused) = authorize(state, user, &create) {
+            return refused;
+        }
+        return token_review(&request.body, state);
+    }
+    let discovery = match path {
+        // Discovery, as kubectl asks for it before its first request.
+        "/api" => {
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        }
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+            "name": "authentication.k8s.io",
+            "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
+        }]}),
+        "/api/v1" => json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [{
+            "name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret",
+            "verbs": ["get", "patch"],
+        }]}),
+        "/version" => json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}),
+        _ => {
+            return status(
+                404,
+                "NotFound",
+                &format!("the server could not find the requested resource ({path})"),
+            );
+        }
+    };
+    if request.method != "GET" {
+        return status(
             405,
             "MethodNotAllowed",
             "the server does not allow this method on the requested resource",
-        ),
-        (_, path) => status(
-            404,
-            "NotFound",
-            &format!("the server could not find the requested resource ({path})"),
-        ),
+        );
     }
+    let get = RbacRequest::NonResource {
+        verb: "get".into(),
+        path: path.to_owned(),
+    };
+    if let Err(refused) = authorize(state, user, &get) {
+        return refused;
+    }
+    (200, discovery)
 }
 
 fn query(request: &Request, key: &str) -> Option<String> {
@@ -364,17 +625,13 @@ fn query(request: &Request, key: &str) -> Option<String> {
     })
 }
 
-fn secrets(request: &Request, state: &Mutex<State>, namespace: &str, name: &str) -> (u16, Value) {
-    let mut state = state.lock().unwrap();
-    // Authentication, then RBAC, as the API server does.
-    let token = request
-        .headers
-        .get("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let Some(sa) = state.tokens.get(token).cloned() else {
-        return status(401, "Unauthorized", "Unauthorized");
-    };
+fn secrets(
+    request: &Request,
+    user: &User,
+    state: &Mutex<State>,
+    namespace: &str,
+    name: &str,
+) -> (u16, Value) {
     let verb = match request.method.as_str() {
         "GET" => "get",
         "PATCH" => "patch",
@@ -386,19 +643,25 @@ fn secrets(request: &Request, state: &Mutex<State>, namespace: &str, name: &str)
             );
         }
     };
-    let user = format!("{}:{}", sa.namespace, sa.name);
-    if !state
-        .grants
-        .contains(&(user, verb.to_owned(), namespace.to_owned(), name.to_owned()))
-    {
-        return status(
-            403,
-            "Forbidden",
-            &format!(
-                "secrets \"{name}\" is forbidden: User \"system:serviceaccount:{}:{}\" cannot {verb} resource \"secrets\" in API group \"\" in the namespace \"{namespace}\"",
-                sa.namespace, sa.name
-            ),
-        );
+    let attributes = RbacRequest::Resource {
+        verb: verb.into(),
+        group: String::new(),
+        resource: "secrets".into(),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+    };
+    if let Err(refused) = authorize(state, user, &attributes) {
+        return refused;
+    }
+    let mut state = state.lock().unwrap();
+    let key = (namespace.to_owned(), name.to_owned());
+    if verb == "get" {
+        // A read in a missing namespace finds no object; only writes go through the
+        // NamespaceLifecycle admission plugin, which names the namespace.
+        return match state.secrets.get(&key) {
+            Some(secret) => (200, secret_json(namespace, name, secret)),
+            None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+        };
     }
     if !state.namespaces.contains(namespace) {
         return status(
@@ -406,13 +669,6 @@ fn secrets(request: &Request, state: &Mutex<State>, namespace: &str, name: &str)
             "NotFound",
             &format!("namespaces \"{namespace}\" not found"),
         );
-    }
-    let key = (namespace.to_owned(), name.to_owned());
-    if verb == "get" {
-        return match state.secrets.get(&key) {
-            Some(secret) => (200, secret_json(namespace, name, secret)),
-            None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
-        };
     }
     apply(request, &mut state, namespace, name)
 }
@@ -547,21 +803,37 @@ fn token_review(body: &[u8], state: &Mutex<State>) -> (u16, Value) {
         return status(400, "BadRequest", "the request body is not a TokenReview");
     }
     let token = review["spec"]["token"].as_str().unwrap_or_default();
-    let audiences = review["spec"]["audiences"].clone();
-    let known = state.lock().unwrap().tokens.get(token).cloned();
-    let status_body = match known {
-        Some(sa) => json!({
+    if token.is_empty() {
+        return status(
+            400,
+            "BadRequest",
+            "token is required for TokenReview in authentication",
+        );
+    }
+    let requested: Option<Vec<String>> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .filter(|a| !a.is_empty());
+    let result = {
+        let state = state.lock().unwrap();
+        authenticate(&state.key, &*state, token, requested.as_deref())
+    };
+    let status_body = match result {
+        Ok((user, audiences)) => json!({
             "authenticated": true,
             "user": {
-                "username": format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
-                "uid": super::openbao::service_account_uid(&sa.namespace, &sa.name),
-                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", sa.namespace), "system:authenticated"],
+                "username": user.name,
+                "uid": user.uid,
+                "groups": user.groups,
+                "extra": user.extra,
             },
-            "audiences": if audiences.is_array() { audiences } else { json!(["https://kubernetes.default.svc.cluster.local"]) },
+            "audiences": audiences,
         }),
-        None => {
-            json!({"authenticated": false, "error": "[invalid bearer token, token lookup failed]"})
-        }
+        Err(refusal) => refused_review(&refusal),
     };
     (
         201,
@@ -573,4 +845,9 @@ fn token_review(body: &[u8], state: &Mutex<State>) -> (u16, Value) {
             "status": status_body,
         }),
     )
+}
+
+/// `authenticated` is `omitempty` in Go, so a refusal carries only the empty user and the error.
+fn refused_review(refusal: &Refusal) -> Value {
+    json!({"user": {}, "error": refusal.review_error()})
 }

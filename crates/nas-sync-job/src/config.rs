@@ -15,6 +15,9 @@ pub const DEFAULT_ROLE: &str = "istio-ca-sync";
 pub const VARIABLES_HELP: &str = "\
 SYNC:
     SYNC_MAPPINGS_FILE   YAML file of KV path -> Secret mappings  [unset: istio/clusters/$SYNC_CLUSTER -> istio-system/cacerts]
+                         kinds: istio-cacerts, opaque, and for the client CA one per HAProxy:
+                         client-ca (plain HAProxy: ca.crt, crl.pem), client-ca-haproxy-ingress
+                         (ca.crt, ca.crl), client-ca-haproxytech (tls.crt; no revocation)
     SYNC_CLUSTER         cluster name of the default mapping  [nas]
     SYNC_TARGET          kubernetes | directory | stdout  [kubernetes when KUBERNETES_SERVICE_HOST or KUBECONFIG is set, else directory]
     SYNC_OUTPUT_DIR      where the directory target writes Secret manifests (mode 0600)  [./.pki-sync]

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use job_support::{InvalidState, SecretStore};
 use pki_core::time::OffsetDateTime;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::mapping::Mapping;
+use crate::mapping::{BundleKind, ClientCaConsumer, Mapping};
 use crate::target::{SecretState, SecretTarget};
 use crate::verify::verify_bundle;
 
@@ -107,6 +107,11 @@ pub async fn sync_one(
         ))
     })?;
 
+    if mapping.kind == BundleKind::ClientCa(ClientCaConsumer::Haproxytech) {
+        // Said on every run, because nothing else will say it.
+        warn!(secret = %mapping.target(), source = %label,
+              "revocation is not enforced: haproxytech/kubernetes-ingress reads only tls.crt from its client-ca Secret and has no CRL support, so a revoked client certificate is accepted until it expires");
+    }
     let desired = SecretState {
         secret_type: mapping.secret_type.clone(),
         labels: mapping.labels.clone(),

@@ -1,5 +1,8 @@
 //! Refuses a bundle that would break its consumer, before it reaches a Secret: istiod with a
-//! bad `cacerts` does not start; HAProxy with a CA that lacks a CRL refuses every client.
+//! bad `cacerts` does not start; HAProxy checks a CRL for every CA of its `ca-file` once it has
+//! a `crl-file`, so a CA without a CRL, or with one past its nextUpdate, locks out all of that
+//! CA's clients (during a migration, both CAs need a current CRL). What is checked is what the
+//! consumer reads, under the Secret keys it reads them from.
 
 use std::collections::BTreeMap;
 
@@ -32,17 +35,25 @@ pub fn verify_bundle(
             let report = verify_istio_bundle(files, now).map_err(|e| e.to_string())?;
             Ok(report.root.fingerprint_sha256)
         }
-        BundleKind::ClientCa => {
+        BundleKind::ClientCa(consumer) => {
+            let ca_key = consumer.ca_key();
             let cas =
-                Certificate::chain_from_pem(get("ca.crt")?, "ca.crt").map_err(|e| e.to_string())?;
-            let crls =
-                Crl::bundle_from_pem(get("crl.pem")?, "crl.pem").map_err(|e| e.to_string())?;
+                Certificate::chain_from_pem(get(ca_key)?, ca_key).map_err(|e| e.to_string())?;
+            let crls = match consumer.crl_key() {
+                Some(crl_key) => {
+                    Some(Crl::bundle_from_pem(get(crl_key)?, crl_key).map_err(|e| e.to_string())?)
+                }
+                None => None,
+            };
             for ca in &cas {
                 ca.check_is_ca().map_err(|e| e.to_string())?;
                 ca.check_validity_at(now).map_err(|e| e.to_string())?;
+                let (Some(crls), Some(crl_key)) = (&crls, consumer.crl_key()) else {
+                    continue;
+                };
                 let Some(crl) = crls.iter().find(|crl| crl.verify_signed_by(ca).is_ok()) else {
                     return Err(format!(
-                        "crl.pem has no CRL signed by '{}'; HAProxy would refuse every client",
+                        "{crl_key} has no CRL signed by '{}'; HAProxy would refuse every client",
                         ca.info().subject
                     ));
                 };
@@ -62,5 +73,94 @@ pub fn verify_bundle(
                 .collect();
             Ok(fingerprint_sha256(&joined))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pki_core::time::Duration;
+    use pki_core::{CaParams, CrlParams, KeyAlgorithm, SubjectName, generate_root_ca, sign_crl};
+
+    use super::*;
+    use crate::mapping::ClientCaConsumer;
+
+    fn ca(name: &str, now: OffsetDateTime) -> pki_core::CaCredential {
+        generate_root_ca(
+            &CaParams {
+                subject: SubjectName::new("Test", name),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                validity: Duration::days(30),
+            },
+            now - Duration::days(1),
+        )
+        .unwrap()
+    }
+
+    fn crl(ca: &pki_core::CaCredential, now: OffsetDateTime, next_update: Duration) -> String {
+        sign_crl(
+            ca,
+            &CrlParams {
+                this_update: now - Duration::days(1),
+                next_update: now + next_update,
+                crl_number: 1,
+                revoked: vec![],
+            },
+        )
+        .unwrap()
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn each_consumer_is_checked_under_its_own_keys() {
+        let now = OffsetDateTime::now_utc();
+        let (new, old) = (ca("New CA", now), ca("Old CA", now));
+        let (ca, old_ca) = (new.certificate.to_pem(), old.certificate.to_pem());
+        let (new_crl, old_crl) = (
+            crl(&new, now, Duration::days(7)),
+            crl(&old, now, Duration::days(7)),
+        );
+        let ingress = BundleKind::ClientCa(ClientCaConsumer::HaproxyIngress);
+        let both = format!("{ca}{old_ca}");
+        let both_crls = format!("{new_crl}{old_crl}");
+        assert!(
+            verify_bundle(
+                ingress,
+                &data(&[("ca.crt", &both), ("ca.crl", &both_crls)]),
+                now
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            verify_bundle(
+                ingress,
+                &data(&[("ca.crt", &both), ("crl.pem", &both_crls)]),
+                now
+            ),
+            Err("key 'ca.crl' is missing".to_owned())
+        );
+        // A migration bundle whose old CA has no CRL locks that CA's clients out.
+        assert_eq!(
+            verify_bundle(ingress, &data(&[("ca.crt", &both), ("ca.crl", &new_crl)]), now),
+            Err("ca.crl has no CRL signed by 'O=Test, CN=Old CA'; HAProxy would refuse every client".to_owned())
+        );
+        let files = BundleKind::ClientCa(ClientCaConsumer::Haproxy);
+        let stale = crl(&new, now, Duration::hours(-1));
+        assert_eq!(
+            verify_bundle(files, &data(&[("ca.crt", &ca), ("crl.pem", &stale)]), now),
+            Err("the CRL of 'O=Test, CN=New CA' passed its nextUpdate; HAProxy would refuse every client".to_owned())
+        );
+        // haproxytech reads no CRL: the CAs alone are checked.
+        let tech = BundleKind::ClientCa(ClientCaConsumer::Haproxytech);
+        assert!(verify_bundle(tech, &data(&[("tls.crt", &both)]), now).is_ok());
+        assert_eq!(
+            verify_bundle(tech, &data(&[("ca.crt", &both)]), now),
+            Err("key 'tls.crt' is missing".to_owned())
+        );
     }
 }
