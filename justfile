@@ -45,8 +45,7 @@ images tag="dev":
 vault-setup site:
     ./vault/setup.sh {{site}}
 
-# Fuzz the untrusted-input parsers for a while (default 60 s). Needs cargo-fuzz; the stable
-# toolchain is told to accept the sanitizer flags.
+# Fuzz every parser of untrusted input (pki-core, the clients file, the configuration
+# variables) for a while each (default 60 s); cargo-fuzz is installed into .tools/.
 fuzz seconds="60":
-    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_untrusted -- -max_total_time={{seconds}}
+    ./scripts/fuzz.sh {{seconds}}

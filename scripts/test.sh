@@ -13,3 +13,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 ./scripts/build-images.sh test
 cargo test --workspace --locked
+# Every fuzz target for a bounded time (a few minutes in all, most of it the sanitizer build).
+./scripts/fuzz.sh 15

@@ -14,6 +14,9 @@
 //!     email: carol@example.org
 //!     revoked: true          # revoke, keep the entry
 //!     revocation_reason: key-compromise
+//! # Removing more clients at once than REVOKE_MAX_PERCENT / REVOKE_MAX_COUNT allow is
+//! # refused unless the file says it is meant:
+//! allow_revoke_all: false
 //! ```
 
 use std::collections::HashSet;
@@ -62,7 +65,9 @@ pub struct DeclaredClient {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    clients: Vec<RawClient>,
+    clients: Option<Vec<RawClient>>,
+    #[serde(default)]
+    allow_revoke_all: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,14 +95,38 @@ pub fn valid_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// Parses and validates the file. `Err` holds every problem found, one per line.
+/// The declared clients of the file; see [`parse_clients_file`].
+#[cfg(test)]
 pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
-    let raw: RawFile =
-        serde_norway::from_str(yaml).map_err(|e| vec![format!("not a clients file: {e}")])?;
+    parse_clients_file(yaml).map(|file| file.clients)
+}
+
+/// The whole file: the clients, and whether it allows a run to revoke more clients at once
+/// than `REVOKE_MAX_PERCENT` / `REVOKE_MAX_COUNT` do (`allow_revoke_all: true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientsFile {
+    /// The declared clients.
+    pub clients: Vec<DeclaredClient>,
+    /// The file says that removing many clients at once is intended.
+    pub allow_revoke_all: bool,
+}
+
+/// Parses and validates the file. `Err` holds every problem found, one per line.
+pub fn parse_clients_file(yaml: &str) -> Result<ClientsFile, Vec<String>> {
+    let raw: RawFile = if yaml.trim().is_empty() {
+        // serde reads an empty document as no file at all; it is an empty list here, which
+        // the revocation guard then judges.
+        RawFile {
+            clients: None,
+            allow_revoke_all: false,
+        }
+    } else {
+        serde_norway::from_str(yaml).map_err(|e| vec![format!("not a clients file: {e}")])?
+    };
     let mut problems = Vec::new();
     let mut clients: Vec<DeclaredClient> = Vec::new();
     let mut seen = HashSet::new();
-    for (i, raw) in raw.clients.into_iter().enumerate() {
+    for (i, raw) in raw.clients.unwrap_or_default().into_iter().enumerate() {
         let at = format!("client {}", i + 1);
         let name = raw.name.unwrap_or_default();
         let label = if name.is_empty() {
@@ -166,7 +195,10 @@ pub fn parse_clients(yaml: &str) -> Result<Vec<DeclaredClient>, Vec<String>> {
         });
     }
     if problems.is_empty() {
-        Ok(clients)
+        Ok(ClientsFile {
+            clients,
+            allow_revoke_all: raw.allow_revoke_all,
+        })
     } else {
         Err(problems)
     }

@@ -34,6 +34,9 @@ CLIENT PKI:
     CRL_RENEW_DAYS_LEFT      re-sign the CRL when fewer days are left before nextUpdate  [7]
     LEGACY_CA_FILES          comma-separated PEM files of CAs HAProxy keeps trusting during a migration
     LEGACY_CRL_FILES         comma-separated PEM CRL files, one per legacy CA (required with LEGACY_CA_FILES)
+    REVOKE_MAX_PERCENT       refuse a run that would revoke more than this share of active clients  [50]
+    REVOKE_MAX_COUNT         ... or more than this many  [10]
+    ALLOW_MASS_REVOCATION    true: allow one run past both limits (or allow_revoke_all: true in the file)
     PUSHGATEWAY_URL          push run metrics to this Prometheus Pushgateway, e.g. http://pushgateway:9091
     PUSHGATEWAY_JOB          job label of the pushed metrics  [client-issuer]";
 
@@ -56,6 +59,9 @@ struct RawIssuerConfig {
     crl_renew_days_left: Option<String>,
     legacy_ca_files: Option<String>,
     legacy_crl_files: Option<String>,
+    revoke_max_percent: Option<String>,
+    revoke_max_count: Option<String>,
+    allow_mass_revocation: Option<String>,
     pushgateway_url: Option<String>,
     pushgateway_job: Option<String>,
 }
@@ -118,6 +124,20 @@ pub struct PkiSettings {
     pub crl_renew_before: Duration,
     /// CAs kept in the trust bundle during a migration.
     pub legacy: Vec<LegacyCa>,
+    /// How many clients one run may revoke by their absence from the file.
+    pub revoke_guard: RevokeGuard,
+}
+
+/// The limit on revocations by absence: an emptied or truncated clients file must not
+/// revoke everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokeGuard {
+    /// Refuse when more than this percentage of active clients would be revoked.
+    pub max_percent: u64,
+    /// Refuse when more than this many would be revoked.
+    pub max_count: u64,
+    /// `ALLOW_MASS_REVOCATION=true`: this run may go past both limits.
+    pub allowed: bool,
 }
 
 impl Config {
@@ -239,6 +259,30 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             raw.legacy_ca_files.as_deref(),
             raw.legacy_crl_files.as_deref(),
         )?,
+        revoke_guard: RevokeGuard {
+            max_percent: parse_number(
+                "REVOKE_MAX_PERCENT",
+                raw.revoke_max_percent.as_deref(),
+                50,
+                0..=100,
+            )?,
+            max_count: parse_number(
+                "REVOKE_MAX_COUNT",
+                raw.revoke_max_count.as_deref(),
+                10,
+                0..=1_000_000,
+            )?,
+            allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "ALLOW_MASS_REVOCATION",
+                        format!("'{other}' is not true or false"),
+                    ));
+                }
+            },
+        },
     })
 }
 

@@ -180,6 +180,8 @@ pub struct Issuer<'a, S> {
     now: OffsetDateTime,
     /// Clients whose unusable entries the operator asked to re-issue.
     repair: BTreeSet<String>,
+    /// The clients file says removing many clients at once is meant (`allow_revoke_all`).
+    file_allows_mass_revocation: bool,
 }
 
 impl<'a, S: SecretStore> Issuer<'a, S> {
@@ -190,7 +192,15 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             pki,
             now,
             repair: BTreeSet::new(),
+            file_allows_mass_revocation: false,
         }
+    }
+
+    /// The clients file's `allow_revoke_all`.
+    #[must_use]
+    pub fn allowing_mass_revocation(mut self, allowed: bool) -> Self {
+        self.file_allows_mass_revocation = allowed;
+        self
     }
 
     /// Re-issue these clients' entries if their PKCS#12 cannot be used (`repair`).
@@ -223,6 +233,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         names.extend(declared.iter().map(|d| d.name.clone()));
         let stored = self.read_clients(&names).await?;
         self.check_repairs(&stored)?;
+        self.check_revocations(declared, &stored)?;
         let (ca, ca_created) = self.ensure_ca().await?;
         self.check_bundle_against(&ca.certificate).await?;
 
@@ -354,6 +365,54 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             name: name.to_owned(),
             problem,
         }
+    }
+
+    /// Refuses a run that would revoke, by their absence from the file, more active clients
+    /// than the guard allows: a ConfigMap emptied by a bad merge must not revoke everyone.
+    fn check_revocations(
+        &self,
+        declared: &[DeclaredClient],
+        stored: &BTreeMap<String, Stored>,
+    ) -> Result<()> {
+        let guard = self.pki.revoke_guard;
+        let wanted: BTreeSet<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+        let active: Vec<&str> = stored
+            .iter()
+            .filter_map(|(name, state)| match state {
+                Stored::Present(e) if e.revoked.is_none() && e.source == Source::File => {
+                    Some(name.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let removed: Vec<&str> = active
+            .iter()
+            .copied()
+            .filter(|name| !wanted.contains(name))
+            .collect();
+        let count = removed.len() as u64;
+        let total = active.len() as u64;
+        let over_share = count * 100 > guard.max_percent * total;
+        let over_count = count > guard.max_count;
+        if count == 0
+            || !(over_share || over_count)
+            || guard.allowed
+            || self.file_allows_mass_revocation
+        {
+            return Ok(());
+        }
+        let shown: Vec<&str> = removed.iter().copied().take(10).collect();
+        Err(job_support::ConfigError::new(
+            "CLIENTS_FILE",
+            format!(
+                "this run would revoke {count} of {total} active clients ({}{}), more than REVOKE_MAX_PERCENT={}% or REVOKE_MAX_COUNT={} allow; nothing was written. If the file is right, add 'allow_revoke_all: true' to it, or run once with ALLOW_MASS_REVOCATION=true",
+                shown.join(", "),
+                if removed.len() > shown.len() { ", ..." } else { "" },
+                guard.max_percent,
+                guard.max_count
+            ),
+        )
+        .into())
     }
 
     /// A repair names only declared, unusable entries: anything else is a mistake to report

@@ -17,7 +17,9 @@ use job_support::{SecretStore, logging};
 use pki_core::time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::clients_file::{DeclaredClient, VALIDITY_DAYS, parse_clients, valid_name};
+use crate::clients_file::{
+    ClientsFile, DeclaredClient, VALIDITY_DAYS, parse_clients_file, valid_name,
+};
 use crate::config::Config;
 use crate::issuer::{ClientAction, Issuer, RunSummary};
 
@@ -186,16 +188,21 @@ async fn execute(config: &Config, command: Command) -> Result<Option<RunSummary>
     };
     let store = config.store.open().await?;
     let now = OffsetDateTime::now_utc();
+    let (clients, allow_revoke_all) = declared
+        .map(|file| (file.clients, file.allow_revoke_all))
+        .unwrap_or_default();
     let summary = match command {
         Command::Converge => {
             Issuer::new(&store, &config.pki, now)
-                .converge(declared.as_deref().unwrap_or_default())
+                .allowing_mass_revocation(allow_revoke_all)
+                .converge(&clients)
                 .await?
         }
         Command::Repair(names) => {
             Issuer::new(&store, &config.pki, now)
+                .allowing_mass_revocation(allow_revoke_all)
                 .repairing(names)
-                .converge(declared.as_deref().unwrap_or_default())
+                .converge(&clients)
                 .await?
         }
         Command::Issue(client) => {
@@ -239,7 +246,7 @@ async fn execute(config: &Config, command: Command) -> Result<Option<RunSummary>
     Ok(Some(summary))
 }
 
-fn read_clients_file(config: &Config) -> Result<Vec<DeclaredClient>> {
+fn read_clients_file(config: &Config) -> Result<ClientsFile> {
     let path = &config.clients_file;
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -248,7 +255,7 @@ fn read_clients_file(config: &Config) -> Result<Vec<DeclaredClient>> {
             format!("cannot read {}: {e}", path.display())
         )),
     };
-    parse_clients(&text).map_err(|problems| {
+    parse_clients_file(&text).map_err(|problems| {
         ConfigError::new(
             "CLIENTS_FILE",
             format!(

@@ -282,7 +282,12 @@ fn a_bundle_that_trusts_the_ca_but_lacks_its_crl_is_invalid() {
     data.insert("crl.pem", crl);
     store.put(BUNDLE, data);
 
-    let error = converge(&store, &["alice"], t0() + Duration::minutes(1)).unwrap_err();
+    let error = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap_err();
 
     assert_eq!(
         invalid_state(&error),
@@ -502,4 +507,50 @@ fn entries_of_the_previous_scripts_are_kept_listed_and_migrated_when_declared() 
     let summary = converge(&store, &["alice", "migrant"], t0() + Duration::minutes(1)).unwrap();
     assert!(store.written().is_empty(), "{:?}", store.written());
     assert_eq!(summary.attention.len(), 1);
+}
+
+#[test]
+fn an_emptied_clients_file_revokes_no_one() {
+    let store = three_clients();
+    let pki = PkiSettings::defaults("secret");
+    for file in ["", "# emptied by a merge\n", "clients:\n", "clients: []\n"] {
+        let declared = crate::clients_file::parse_clients_file(file).unwrap();
+        assert!(!declared.allow_revoke_all);
+        let issuer = Issuer::new(&store, &pki, t0() + Duration::minutes(1));
+        let error = block_on(issuer.converge(&declared.clients)).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "invalid CLIENTS_FILE: this run would revoke 3 of 3 active clients (alice, bob, carol), more than REVOKE_MAX_PERCENT=50% or REVOKE_MAX_COUNT=10 allow; nothing was written. If the file is right, add 'allow_revoke_all: true' to it, or run once with ALLOW_MASS_REVOCATION=true",
+            "{file:?}"
+        );
+        assert!(store.written().is_empty());
+    }
+    // Under the share, as an operator removing one user does: allowed.
+    converge(&store, &["alice", "bob"], t0() + Duration::minutes(1)).unwrap();
+    // Said explicitly in the file: allowed.
+    let declared =
+        crate::clients_file::parse_clients_file("clients: []\nallow_revoke_all: true\n").unwrap();
+    let summary = block_on(
+        Issuer::new(&store, &pki, t0() + Duration::minutes(2))
+            .allowing_mass_revocation(declared.allow_revoke_all)
+            .converge(&declared.clients),
+    )
+    .unwrap();
+    assert_eq!(summary.count(super::ClientAction::Revoked), 2);
+}
+
+#[test]
+fn the_revocation_limits_come_from_configuration() {
+    let store = three_clients();
+    let mut pki = PkiSettings::defaults("secret");
+    pki.revoke_guard.max_count = 0;
+    // One of three is under 50 %, but over a count of 0.
+    let error = block_on(Issuer::new(&store, &pki, t0()).converge(&clients(&["alice", "bob"])))
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("would revoke 1 of 3 active clients (carol)"),
+        "{error:#}"
+    );
+    pki.revoke_guard.allowed = true;
+    block_on(Issuer::new(&store, &pki, t0()).converge(&clients(&["alice", "bob"]))).unwrap();
 }
