@@ -13,6 +13,8 @@ use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{CaCredential, Certificate, RenewalPolicy, renewal_due};
 use tracing::info;
 
+use crate::root_entry::{RootLayout, load_root};
+
 /// Where the state lives and what it should look like.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -75,6 +77,8 @@ pub struct Outcome {
     pub root_days_left: i64,
     /// Whether this run created the root.
     pub root_created: bool,
+    /// The layout of the root entry.
+    pub root_layout: RootLayout,
     /// Per cluster, in configuration order.
     pub clusters: Vec<ClusterOutcome>,
 }
@@ -114,7 +118,7 @@ pub async fn converge(
     let mut root_entry = store.read(&plan.root_path).await?;
 
     let mut root_created = false;
-    let root = if let Some(entry) = &root_entry {
+    let (root, root_layout) = if let Some(entry) = &root_entry {
         verify_root(entry, &root_label, now)?
     } else {
         if let Some((cluster, _)) = stored.iter().find(|(_, e)| e.is_some()) {
@@ -137,7 +141,7 @@ pub async fn converge(
             WriteOutcome::Written { version } => {
                 info!(path = %root_label, version, fingerprint = %root.certificate.info().fingerprint_sha256, "created the Istio root CA");
                 root_created = true;
-                root
+                (root, RootLayout::Own)
             }
             WriteOutcome::Conflict => {
                 // A concurrent run created the root first: use theirs, and whatever cluster
@@ -189,6 +193,7 @@ pub async fn converge(
         root_fingerprint: root.certificate.info().fingerprint_sha256.clone(),
         root_days_left: root.certificate.info().days_left(now),
         root_created,
+        root_layout,
         clusters,
     })
 }
@@ -302,24 +307,18 @@ fn field<'a>(entry: &'a KvEntry, name: &str) -> Result<&'a str, String> {
     })
 }
 
-fn verify_root(entry: &KvEntry, label: &str, now: OffsetDateTime) -> Result<CaCredential> {
-    let invalid = |problem: String| InvalidState {
-        path: label.to_owned(),
-        problem,
-    };
-    let cert = field(entry, ROOT_CERT).map_err(invalid)?;
-    let key = field(entry, ROOT_KEY).map_err(invalid)?;
-    let root = istio::load_istio_root(cert, key, now).map_err(|e| invalid(e.to_string()))?;
-    if let Some(recorded) = entry.data.get("fingerprint") {
-        let actual = &root.certificate.info().fingerprint_sha256;
-        if recorded != actual {
-            return Err(invalid(format!(
-                "field 'fingerprint' says {recorded}, but root-cert.pem's fingerprint is {actual}"
-            ))
-            .into());
-        }
+fn verify_root(
+    entry: &KvEntry,
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<(CaCredential, RootLayout)> {
+    let (root, layout) = load_root(entry, label, now)?;
+    if layout == RootLayout::PreviousScripts {
+        info!(path = %label, fingerprint = %root.certificate.info().fingerprint_sha256,
+              fields = "root-cert.pem, cert-chain.pem, key.pem",
+              "adopted the Istio root the previous scripts wrote; its fields are left as they are");
     }
-    Ok(root)
+    Ok((root, layout))
 }
 
 /// Verifies a stored bundle against the stored root. An intermediate past its validity is

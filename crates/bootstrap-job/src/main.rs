@@ -4,6 +4,7 @@
 
 mod config;
 mod converge;
+mod root_entry;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,7 @@ async fn run(config: &Config) -> Result<()> {
         root_fingerprint = %outcome.root_fingerprint,
         root_days_left = outcome.root_days_left,
         root_created = outcome.root_created,
+        root_layout = outcome.root_layout.name(),
         clusters = %clusters.join(", "),
         writes = outcome.writes(),
         "{message}"
