@@ -422,13 +422,13 @@ fn assert_next_run_finishes_with_the_same_root(bao: &OpenBao, token: &str, finge
     );
 }
 
-/// Vault goes away right after the root is written (request 4 of the run: three reads, then
-/// the root's create-only write). The run retries, gives up with exit 4; the next run against
-/// a healthy Vault finishes the job with the same root.
+/// Vault goes away right after the root is written and the rotation record looked up
+/// (requests 4 and 5 of the run, after three reads). The run retries, gives up with exit 4;
+/// the next run against a healthy Vault finishes the job with the same root.
 #[test]
 fn vault_stopped_in_the_middle_of_a_run() {
     let (bao, token) = server();
-    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 4);
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 5);
     let dir = Scratch::new();
     let cut = run_job(
         JOB,
@@ -833,14 +833,14 @@ fn a_root_entry_of_another_shape_is_refused_naming_its_fields() {
 }
 
 /// Vault goes away after the first intermediate under the previous root is written (three
-/// reads, then homelab's write). The next run issues the other one
+/// reads, the rotation record's lookup, then homelab's write). The next run issues the other one
 /// and keeps both the root entry and the first bundle as they are.
 #[test]
 fn a_half_written_adoption_is_finished_by_the_next_run() {
     let (bao, token) = server();
     let fingerprint = previous_scripts_root(&bao);
     let root_fields = kv_fields(&bao, "istio/ca");
-    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 4);
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 5);
     let dir = Scratch::new();
     let cut = run_job(
         JOB,

@@ -2,18 +2,24 @@
 //! and only then write what is missing or due, each write conditional (create-only, or
 //! check-and-set on the version read). A run that loses a race adopts the winner's state; a
 //! run that died halfway is finished by the next. Invalid state stops the run before any write.
+//! While a root rotation is in progress, its clusters' bundles are left to `rotate`.
+
+use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use job_support::{InvalidState, KvEntry, SecretData, SecretStore, WriteOutcome};
 use pki_core::istio::{
     self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, IstioCaParams, ROOT_CERT, ROOT_KEY,
 };
+use pki_core::istio_rotation::Stage;
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{CaCredential, Certificate, RenewalPolicy, renewal_due};
 use tracing::info;
 
 use crate::root_entry::{RootLayout, load_root};
+use crate::rotation::read_state;
+use crate::rotation::state::RotationState;
 
 /// Where the state lives and what it should look like.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +30,8 @@ pub struct Plan {
     pub root_path: String,
     /// Prefix of the cluster entries (`istio/clusters`).
     pub clusters_path: String,
+    /// Path of the root rotation's record (`istio/rotation`).
+    pub rotation_path: String,
     /// Cluster names, each with its intermediate.
     pub clusters: Vec<String>,
     /// Key type, names and validity of new certificates.
@@ -33,11 +41,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn cluster_path(&self, cluster: &str) -> String {
+    /// The KV path of `cluster`'s bundle.
+    #[must_use]
+    pub fn cluster_path(&self, cluster: &str) -> String {
         format!("{}/{cluster}", self.clusters_path)
     }
 
-    fn label(&self, path: &str) -> String {
+    /// Mount and path, for messages.
+    #[must_use]
+    pub fn label(&self, path: &str) -> String {
         format!("{}/{path}", self.mount)
     }
 }
@@ -53,6 +65,8 @@ pub enum ClusterAction {
     Renewed,
     /// Written by a concurrent run while this one was deciding; verified and adopted.
     Adopted,
+    /// Left to the root rotation in progress, which holds it at this stage.
+    Rotating(Stage),
 }
 
 /// The result of one cluster.
@@ -99,6 +113,10 @@ impl Outcome {
 /// What is stored for one cluster, after verification.
 enum ClusterState {
     Missing,
+    Rotating {
+        stage: Stage,
+        certificate: Certificate,
+    },
     Valid {
         version: u64,
         certificate: Certificate,
@@ -161,28 +179,8 @@ pub async fn converge(
         }
     };
 
-    let mut states = Vec::with_capacity(plan.clusters.len());
-    let mut problems = Vec::new();
-    for (cluster, entry) in &stored {
-        let label = plan.label(&plan.cluster_path(cluster));
-        match entry {
-            None => states.push(ClusterState::Missing),
-            Some(entry) => match verify_cluster(entry, &root, now) {
-                Ok(certificate) => states.push(ClusterState::Valid {
-                    version: entry.version,
-                    certificate,
-                }),
-                Err(problem) => problems.push(format!("'{label}': {problem}")),
-            },
-        }
-    }
-    if !problems.is_empty() {
-        return Err(InvalidState {
-            path: plan.label(&plan.clusters_path),
-            problem: problems.join("; "),
-        }
-        .into());
-    }
+    let rotation = read_state(store, plan).await?.map(|(state, _)| state);
+    let states = cluster_states(plan, &stored, &root, rotation, now)?;
 
     let mut clusters = Vec::with_capacity(plan.clusters.len());
     for (cluster, state) in plan.clusters.iter().zip(states) {
@@ -196,6 +194,65 @@ pub async fn converge(
         root_layout,
         clusters,
     })
+}
+
+/// Verifies every stored cluster bundle against the root, except those a rotation in progress
+/// owns: they hold a stage of it, which may trust two roots or sign under the previous one.
+fn cluster_states(
+    plan: &Plan,
+    stored: &[(String, Option<KvEntry>)],
+    root: &CaCredential,
+    rotation: Option<RotationState>,
+    now: OffsetDateTime,
+) -> Result<Vec<ClusterState>> {
+    let rotating = rotation.as_ref().filter(|state| state.in_progress());
+    let mut states = Vec::with_capacity(plan.clusters.len());
+    let mut problems = Vec::new();
+    for (cluster, entry) in stored {
+        let label = plan.label(&plan.cluster_path(cluster));
+        if let Some((state, record)) =
+            rotating.and_then(|state| Some((state, state.cluster(cluster)?)))
+        {
+            let bundle = record.rotation.bundle(state.stage);
+            let certificate = Certificate::from_pem(&bundle.ca_cert, CA_CERT)?;
+            states.push(ClusterState::Rotating {
+                stage: state.stage,
+                certificate,
+            });
+            continue;
+        }
+        match entry {
+            None => states.push(ClusterState::Missing),
+            Some(entry) => match verify_cluster(entry, root, now) {
+                Ok(certificate) => states.push(ClusterState::Valid {
+                    version: entry.version,
+                    certificate,
+                }),
+                Err(problem) => problems.push(format!("'{label}': {problem}")),
+            },
+        }
+    }
+    if problems.is_empty() {
+        return Ok(states);
+    }
+    let mut problem = problems.join("; ");
+    if let Some(done) = rotation
+        .filter(|state| state.root_fingerprint != root.certificate.info().fingerprint_sha256)
+    {
+        let _ = write!(
+            problem,
+            "; the rotation recorded at '{}' moved the clusters to the root at '{}': set \
+             ISTIO_CA_PATH={}",
+            plan.label(&plan.rotation_path),
+            plan.label(&done.root_path),
+            done.root_path
+        );
+    }
+    Err(InvalidState {
+        path: plan.label(&plan.clusters_path),
+        problem,
+    }
+    .into())
 }
 
 async fn read_clusters(
@@ -223,6 +280,15 @@ async fn converge_cluster(
     let path = plan.cluster_path(cluster);
     let label = plan.label(&path);
     let (cas, action) = match state {
+        ClusterState::Rotating { stage, certificate } => {
+            let info = certificate.info();
+            return Ok(ClusterOutcome {
+                cluster: cluster.to_owned(),
+                action: ClusterAction::Rotating(stage),
+                fingerprint: info.fingerprint_sha256.clone(),
+                days_left: info.days_left(now),
+            });
+        }
         ClusterState::Valid {
             version,
             certificate,
@@ -285,7 +351,8 @@ async fn converge_cluster(
     }
 }
 
-fn root_data(root: &CaCredential, now: OffsetDateTime) -> SecretData {
+/// The root entry in this job's layout.
+pub fn root_data(root: &CaCredential, now: OffsetDateTime) -> SecretData {
     let mut data = SecretData::new();
     data.insert(ROOT_CERT, root.certificate.to_pem());
     data.insert(ROOT_KEY, root.key_pem().expose());
