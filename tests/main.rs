@@ -6,6 +6,7 @@
 mod bootstrap;
 mod client_issuer;
 mod images;
+mod istio_rotation;
 mod manifests;
 mod nas_sync;
 mod pki_interop;
