@@ -190,12 +190,13 @@ fn rotate_help() -> String {
          serves the current one and it has settled\n    \
          bootstrap-job rotate advance --force   the same without those two waits (never without the checks)\n    \
          bootstrap-job rotate back              move to the previous stage\n\n\
-         {}\n\n{}\n\n{}\n    \
+         {}\n\n{}\n\n{}\n\n{}\n    \
          9  rotate: not advanced (a cluster does not serve the current stage yet, the stage has not\n       \
          settled, or there is no step to take); nothing was written",
         env!("CARGO_PKG_VERSION"),
         config::ROTATE_VARIABLES_HELP,
         config::VARIABLES_HELP,
+        job_support::config::STORE_VARIABLES_HELP,
         Failure::TABLE
     )
 }

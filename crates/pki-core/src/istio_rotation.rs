@@ -178,17 +178,21 @@ impl ClusterRotation {
     }
 
     /// The stage whose bundle `files` is, compared byte for byte (the key follows its
-    /// certificate). When two stages have the same bundle (the old root already trusted the
-    /// new one), the later stage.
+    /// certificate). Two stages can have the same bundle (when the old CA already trusted the
+    /// new root, or is the new root): then `expected` if it is one of them, else the later.
     #[must_use]
-    pub fn stage_of(&self, files: IstioBundleFiles<'_>) -> Option<Stage> {
-        Stage::ALL.into_iter().rev().find(|stage| {
-            let bundle = self.bundle(*stage);
+    pub fn stage_of(&self, files: IstioBundleFiles<'_>, expected: Stage) -> Option<Stage> {
+        let is = |stage: Stage| {
+            let bundle = self.bundle(stage);
             bundle.ca_cert == files.ca_cert
                 && bundle.root_cert == files.root_cert
                 && bundle.cert_chain == files.cert_chain
                 && bundle.ca_key.expose() == files.ca_key
-        })
+        };
+        if is(expected) {
+            return Some(expected);
+        }
+        Stage::ALL.into_iter().rev().find(|stage| is(*stage))
     }
 }
 
@@ -430,7 +434,7 @@ impl fmt::Display for Served {
             Self::Stage(stage) => stage.fmt(f),
             Self::Other => f.write_str("a bundle of no stage"),
             Self::Nothing => f.write_str("no cacerts"),
-            Self::Unknown => f.write_str("unknown"),
+            Self::Unknown => f.write_str("an unknown stage (not read)"),
         }
     }
 }
@@ -547,10 +551,14 @@ mod tests {
             let r = rotation(old, new.clone());
             for stage in Stage::ALL {
                 check_stage_bundle(&r.bundle(stage), &stage.to_string(), T0).unwrap();
-                assert_eq!(
-                    r.stage_of(IstioBundleFiles::from(&r.bundle(stage))),
-                    Some(stage)
-                );
+                // Distinct bundles: found whichever stage is expected.
+                let bundle = r.bundle(stage);
+                for expected in Stage::ALL {
+                    assert_eq!(
+                        r.stage_of(IstioBundleFiles::from(&bundle), expected),
+                        Some(stage)
+                    );
+                }
             }
             let changes: Vec<RootChange> = Stage::ALL
                 .windows(2)
@@ -561,6 +569,46 @@ mod tests {
                 changes,
                 [RootChange::Grown, RootChange::Unchanged, RootChange::Shrunk]
             );
+        }
+    }
+
+    /// The previous scripts' root signed workloads itself; moving to intermediates under the
+    /// same root changes no trust: stages 0 and 1 are one bundle, as are 2 and 3.
+    #[test]
+    fn a_root_that_signed_itself_moves_to_an_intermediate_under_it() {
+        let params = IstioCaParams::default();
+        let root = generate_istio_root(&params, T0).unwrap();
+        let root_pem = root.certificate.to_pem();
+        let old = IstioCaBundle {
+            ca_cert: root_pem.clone(),
+            ca_key: root.key_pem(),
+            root_cert: root_pem.clone(),
+            cert_chain: root_pem,
+        };
+        let r = rotation(
+            old,
+            issue_cluster_bundle(&root, "nas", &params, T0).unwrap(),
+        );
+        assert_eq!(r.bundle(Stage::Imported), r.bundle(Stage::TrustBoth));
+        assert_eq!(r.bundle(Stage::SignNew), r.bundle(Stage::TrustNew));
+        let first = r.bundle(Stage::Imported);
+        let files = IstioBundleFiles::from(&first);
+        assert_eq!(r.stage_of(files, Stage::Imported), Some(Stage::Imported));
+        assert_eq!(r.stage_of(files, Stage::TrustBoth), Some(Stage::TrustBoth));
+        assert_eq!(r.stage_of(files, Stage::TrustNew), Some(Stage::TrustBoth));
+        for w in Stage::ALL.windows(2) {
+            let (a, b) = (r.bundle(w[0]), r.bundle(w[1]));
+            check_stage_bundle(&b, "next", T0).unwrap();
+            assert_eq!(
+                check_root_change(&a.root_cert, &b.root_cert),
+                Ok(RootChange::Unchanged)
+            );
+            let step = [ClusterStep {
+                cluster: "nas",
+                baseline: &a,
+                during: vec![("before".into(), &a), ("after".into(), &b)],
+            }];
+            check_step(&step, T0).unwrap();
         }
     }
 

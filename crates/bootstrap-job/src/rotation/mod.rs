@@ -259,13 +259,13 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
         }
         if records
             .iter()
-            .all(|r| only_root(&r.rotation.old.root_cert, &root))
+            .all(|r| already_final(&r.rotation.old, &root))
         {
             return Ok(Report {
                 outcome: Outcome::NothingToRotate,
                 lines: vec![format!(
-                    "every cluster's CA is already under root {root_fingerprint} alone; nothing \
-                     to rotate. If istiod has not been restarted since cacerts appeared, it \
+                    "every cluster's CA is already an intermediate under root {root_fingerprint} \
+                     alone; nothing to rotate. If istiod has not been restarted since cacerts appeared, it \
                      still signs with istio-ca-secret: name it with ROTATE_IMPORT=<cluster>=istio-ca-secret"
                 )],
             });
@@ -553,10 +553,11 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
             let label = self.plan.label(&path);
             let wanted = record.rotation.bundle(state.stage);
             let entry = self.store.read(&path).await?;
-            let held = entry
-                .as_ref()
-                .and_then(entry_bundle)
-                .and_then(|b| record.rotation.stage_of(IstioBundleFiles::from(&b)));
+            let held = entry.as_ref().and_then(entry_bundle).and_then(|b| {
+                record
+                    .rotation
+                    .stage_of(IstioBundleFiles::from(&b), state.stage)
+            });
             if held == Some(state.stage) {
                 continue;
             }
@@ -590,10 +591,11 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
                 }
                 WriteOutcome::Conflict => {
                     let again = self.store.read(&path).await?;
-                    let now_held = again
-                        .as_ref()
-                        .and_then(entry_bundle)
-                        .and_then(|b| record.rotation.stage_of(IstioBundleFiles::from(&b)));
+                    let now_held = again.as_ref().and_then(entry_bundle).and_then(|b| {
+                        record
+                            .rotation
+                            .stage_of(IstioBundleFiles::from(&b), state.stage)
+                    });
                     if now_held != Some(state.stage) {
                         return Err(InvalidState {
                             path: label,
@@ -631,7 +633,7 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
                         Some(bundle) => ServedBundle {
                             served: record
                                 .rotation
-                                .stage_of(IstioBundleFiles::from(&bundle))
+                                .stage_of(IstioBundleFiles::from(&bundle), state.stage)
                                 .map_or(Served::Other, Served::Stage),
                             bundle: Some(bundle),
                         },
@@ -798,7 +800,7 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
                 None => "absent".to_owned(),
                 Some(b) => record
                     .rotation
-                    .stage_of(IstioBundleFiles::from(&b))
+                    .stage_of(IstioBundleFiles::from(&b), state.stage)
                     .map_or_else(|| "a bundle of no stage".to_owned(), |s| s.to_string()),
             };
             let serving = served
@@ -875,6 +877,15 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
         }
         Ok(line.trim_end_matches(';').to_owned())
     }
+}
+
+/// Whether `bundle` is what a rotation to `root` ends with: an intermediate under `root`,
+/// trusting `root` alone. A root that signs workloads itself (the previous scripts' layout) is
+/// not: the rotation moves it to an intermediate.
+fn already_final(bundle: &IstioCaBundle, root: &CaCredential) -> bool {
+    only_root(&bundle.root_cert, root)
+        && Certificate::from_pem(&bundle.ca_cert, CA_CERT)
+            .is_ok_and(|ca| ca.der() != root.certificate.der())
 }
 
 /// Whether `root_cert` holds `root` and nothing else.
@@ -1076,7 +1087,10 @@ mod tests {
             .cluster(cluster)
             .unwrap()
             .rotation
-            .stage_of(IstioBundleFiles::from(&entry_bundle(&entry).unwrap()))
+            .stage_of(
+                IstioBundleFiles::from(&entry_bundle(&entry).unwrap()),
+                state.stage,
+            )
             .unwrap()
     }
 
@@ -1328,6 +1342,66 @@ mod tests {
              rotation recorded at 'secret/istio/rotation'; it was changed by something else: \
              restore the stage 1 bundle or check the writer"
         );
+    }
+
+    /// Clusters served by the previous scripts' ExternalSecret: the adopted root signs
+    /// workloads itself. The rotation moves them to intermediates under that same root, and
+    /// leaves the root entry as it is.
+    #[tokio::test]
+    async fn a_root_that_signs_itself_moves_to_intermediates_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        let root = istio::generate_istio_root(&IstioCaParams::default(), T0).unwrap();
+        let (cert, key) = (root.certificate.to_pem(), root.key_pem());
+        let mut seed = SecretData::new();
+        for (field, value) in [
+            ("root-cert.pem", cert.as_str()),
+            ("cert-chain.pem", cert.as_str()),
+            ("key.pem", key.expose()),
+        ] {
+            seed.insert(field, value);
+        }
+        store.write("istio/ca", &seed, 0).await.unwrap();
+        let clusters = Clusters::new();
+        for cluster in ["homelab", "nas"] {
+            clusters.put(
+                cluster,
+                "cacerts",
+                &[
+                    (CA_CERT, &cert),
+                    (CA_KEY, key.expose()),
+                    (ROOT_CERT, &cert),
+                    (CERT_CHAIN, &cert),
+                ],
+            );
+        }
+        let rotate = RotatePlan {
+            workload_cert_ttl: Duration::ZERO,
+            ..settings()
+        };
+        assert_eq!(
+            run(&store, &clusters, &rotate, ADVANCE, T0).await.outcome,
+            Outcome::Started
+        );
+        for to in [Stage::TrustBoth, Stage::SignNew, Stage::TrustNew] {
+            clusters.sync(&store, "homelab").await;
+            clusters.sync(&store, "nas").await;
+            let moved = run(&store, &clusters, &rotate, ADVANCE, T0).await;
+            assert!(
+                matches!(moved.outcome, Outcome::Moved { to: t, .. } if t == to),
+                "{:?}",
+                moved.lines
+            );
+        }
+        clusters.sync(&store, "nas").await;
+        let nas = clusters.secrets.borrow()[&("nas".to_owned(), "cacerts".to_owned())].clone();
+        assert_ne!(nas[CA_CERT], cert);
+        assert_eq!(nas[ROOT_CERT], cert);
+        let entry = store.read("istio/ca").await.unwrap().unwrap();
+        assert_eq!((entry.version, entry.data), (1, seed));
+        // The regular run verifies the result against the adopted root.
+        let regular = converge(&store, &plan(), T0).await.unwrap();
+        assert_eq!(regular.writes(), 0);
     }
 
     #[tokio::test]
