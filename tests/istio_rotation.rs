@@ -151,11 +151,20 @@ impl Mesh {
             ("VAULT_TOKEN", self.token.as_str()),
             ("ROTATE_KUBECONFIGS", kubeconfigs.as_str()),
             ("ROTATE_WORKLOAD_CERT_TTL_HOURS", "0"),
+            ("RUST_LOG", "debug"),
         ];
         vars.extend_from_slice(extra);
         let mut all = vec!["rotate"];
         all.extend_from_slice(args);
-        self.job("bootstrap-job", &all, &vars)
+        let run = self.job("bootstrap-job", &all, &vars);
+        // Keys, in PEM or as the API server's base64, never reach the output or the log.
+        for secret in ["PRIVATE KEY", "LS0tLS1CRUdJTi"] {
+            assert!(
+                !run.stdout.contains(secret) && !run.stderr.contains(secret),
+                "key material in the output of rotate {args:?}"
+            );
+        }
+        run
     }
 
     /// The regular bootstrap run.
