@@ -12,7 +12,7 @@ use pki_core::istio::IstioCaParams;
 use pki_core::time::Duration;
 use serde::Deserialize;
 
-use crate::converge::Plan;
+use crate::plan::Plan;
 use crate::rotation::RotatePlan;
 use crate::rotation::clusters::ClusterAccess;
 use crate::rotation::state::ImportSource;

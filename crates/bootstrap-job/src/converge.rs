@@ -8,51 +8,16 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use job_support::{InvalidState, KvEntry, SecretData, SecretStore, WriteOutcome};
-use pki_core::istio::{
-    self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, IstioCaParams, ROOT_CERT, ROOT_KEY,
-};
+use pki_core::istio::{self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, ROOT_CERT};
 use pki_core::istio_rotation::Stage;
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
-use pki_core::{CaCredential, Certificate, RenewalPolicy, renewal_due};
+use pki_core::{CaCredential, Certificate, renewal_due};
 use tracing::info;
 
-use crate::root_entry::{RootLayout, load_root};
-use crate::rotation::read_state;
-use crate::rotation::state::RotationState;
-
-/// Where the state lives and what it should look like.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    /// KV mount, for messages.
-    pub mount: String,
-    /// Path of the root entry (`istio/ca`).
-    pub root_path: String,
-    /// Prefix of the cluster entries (`istio/clusters`).
-    pub clusters_path: String,
-    /// Path of the root rotation's record (`istio/rotation`).
-    pub rotation_path: String,
-    /// Cluster names, each with its intermediate.
-    pub clusters: Vec<String>,
-    /// Key type, names and validity of new certificates.
-    pub ca: IstioCaParams,
-    /// When an intermediate is re-issued.
-    pub renewal: RenewalPolicy,
-}
-
-impl Plan {
-    /// The KV path of `cluster`'s bundle.
-    #[must_use]
-    pub fn cluster_path(&self, cluster: &str) -> String {
-        format!("{}/{cluster}", self.clusters_path)
-    }
-
-    /// Mount and path, for messages.
-    #[must_use]
-    pub fn label(&self, path: &str) -> String {
-        format!("{}/{path}", self.mount)
-    }
-}
+use crate::plan::Plan;
+use crate::root_entry::{RootLayout, load_root, root_data};
+use crate::rotation::state::{RotationState, read_state};
 
 /// What happened to one cluster's bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,19 +314,6 @@ async fn converge_cluster(
             })
         }
     }
-}
-
-/// The root entry in this job's layout.
-pub fn root_data(root: &CaCredential, now: OffsetDateTime) -> SecretData {
-    let mut data = SecretData::new();
-    data.insert(ROOT_CERT, root.certificate.to_pem());
-    data.insert(ROOT_KEY, root.key_pem().expose());
-    data.insert("created", rfc3339(now));
-    data.insert(
-        "fingerprint",
-        root.certificate.info().fingerprint_sha256.clone(),
-    );
-    data
 }
 
 fn field<'a>(entry: &'a KvEntry, name: &str) -> Result<&'a str, String> {

@@ -5,6 +5,7 @@
 
 mod config;
 mod converge;
+mod plan;
 mod root_entry;
 mod rotation;
 

@@ -12,10 +12,11 @@
 
 use std::collections::BTreeSet;
 
-use job_support::{InvalidState, KvEntry};
+use job_support::{InvalidState, KvEntry, SecretData};
 use pki_core::CaCredential;
 use pki_core::istio::{self, CERT_CHAIN, ROOT_CERT, ROOT_KEY, SIGNING_ROOT_KEY};
 use pki_core::time::OffsetDateTime;
+use pki_core::time::format_description::well_known::Rfc3339;
 
 /// Which layout a root entry has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,22 @@ pub fn load_root(
         }
     }
     Ok((root, layout))
+}
+
+/// The root entry in this job's layout.
+pub fn root_data(root: &CaCredential, now: OffsetDateTime) -> SecretData {
+    let mut data = SecretData::new();
+    data.insert(ROOT_CERT, root.certificate.to_pem());
+    data.insert(ROOT_KEY, root.key_pem().expose());
+    data.insert(
+        "created",
+        now.format(&Rfc3339).unwrap_or_else(|_| now.to_string()),
+    );
+    data.insert(
+        "fingerprint",
+        root.certificate.info().fingerprint_sha256.clone(),
+    );
+    data
 }
 
 #[cfg(test)]

@@ -41,9 +41,10 @@ use pki_core::{CaCredential, Certificate};
 use tracing::{info, warn};
 
 use self::clusters::{ClusterSecrets, SecretFiles};
+use self::state::read_state;
 use self::state::{ClusterRecord, ImportSource, RotationState, rfc3339};
-use crate::converge::{Plan, root_data};
-use crate::root_entry::load_root;
+use crate::plan::Plan;
+use crate::root_entry::{load_root, root_data};
 
 /// The exit code of a step that was not taken because it is not yet safe (or there is none).
 pub const NOT_ADVANCED_EXIT: u8 = 9;
@@ -143,21 +144,6 @@ impl<S, C> std::fmt::Debug for Rotation<'_, S, C> {
 struct ServedBundle {
     served: Served,
     bundle: Option<IstioCaBundle>,
-}
-
-/// Reads the rotation record, if there is one.
-pub async fn read_state(
-    store: &impl SecretStore,
-    plan: &Plan,
-) -> Result<Option<(RotationState, u64)>> {
-    let Some(entry) = store.read(&plan.rotation_path).await? else {
-        return Ok(None);
-    };
-    let state = RotationState::from_entry(&entry).map_err(|problem| InvalidState {
-        path: plan.label(&plan.rotation_path),
-        problem,
-    })?;
-    Ok(Some((state, entry.version)))
 }
 
 /// The cacerts bundle in a KV entry or a Secret's data, if all four files are there.
@@ -265,8 +251,9 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
                 outcome: Outcome::NothingToRotate,
                 lines: vec![format!(
                     "every cluster's CA is already an intermediate under root {root_fingerprint} \
-                     alone; nothing to rotate. If istiod has not been restarted since cacerts appeared, it \
-                     still signs with istio-ca-secret: name it with ROTATE_IMPORT=<cluster>=istio-ca-secret"
+                     alone; nothing to rotate. If istiod has not been restarted since cacerts \
+                     appeared, it still signs with istio-ca-secret: name it with \
+                     ROTATE_IMPORT=<cluster>=istio-ca-secret"
                 )],
             });
         }
@@ -297,7 +284,7 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
                 return Err(InvalidState {
                     path: state_label,
                     problem: "another run wrote the rotation record while this one was \
-                              preparing; nothing was written: run `rotate status`"
+                              preparing; this rotation was not started: run `rotate status`"
                         .into(),
                 }
                 .into());
@@ -543,10 +530,13 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
 
     // ---- delivering -------------------------------------------------------------------
 
-    /// Makes every cluster's Vault entry hold `state.stage`'s bundle. At the start, whatever
-    /// is there is replaced (its previous version stays in the KV history); later, only the
-    /// bundle of another stage of this rotation is, since anything else was not written by it.
+    /// Makes every cluster's Vault entry hold `state.stage`'s bundle. At the start (also when
+    /// finishing a start cut short), whatever is there is replaced (its previous version stays
+    /// in the KV history); later, only the bundle of another stage of this rotation is, since
+    /// anything else was not written by it.
     async fn deliver(&self, state: &RotationState, starting: bool) -> Result<usize> {
+        let starting =
+            starting || (state.stage == Stage::Imported && state.advanced_at == state.started);
         let mut writes = 0;
         for record in &state.clusters {
             let path = self.plan.cluster_path(&record.cluster);
@@ -1096,6 +1086,17 @@ mod tests {
 
     const ADVANCE: Action = Action::Advance { force: false };
 
+    /// A bundle of another root, written over `cluster`'s entry.
+    async fn write_foreign_bundle(store: &LocalStore, cluster: &str) {
+        let path = format!("istio/clusters/{cluster}");
+        let current = store.read(&path).await.unwrap().map_or(0, |e| e.version);
+        let params = IstioCaParams::default();
+        let root = istio::generate_istio_root(&params, T0).unwrap();
+        let other = istio::issue_cluster_bundle(&root, cluster, &params, T0).unwrap();
+        let data = bundle_data(&other, Stage::TrustNew, T0);
+        store.write(&path, &data, current).await.unwrap();
+    }
+
     /// From two self-signed meshes to the shared root, stage by stage, with the waits and the
     /// regular run leaving the rotating bundles alone.
     #[tokio::test]
@@ -1145,6 +1146,10 @@ mod tests {
             ClusterAction::Rotating(Stage::Imported)
         );
 
+        // A start cut short before its deliveries: homelab's entry still holds what was there
+        // before (here, a bundle of another root). The next run replaces it with stage 0.
+        write_foreign_bundle(&store, "homelab").await;
+
         // Not yet in cacerts: not advanced.
         let waiting = run(&store, &clusters, &rotate, ADVANCE, T0).await;
         assert_eq!(
@@ -1155,6 +1160,10 @@ mod tests {
             ])
         );
         assert_eq!(waiting.exit_code(), NOT_ADVANCED_EXIT);
+        assert_eq!(
+            vault_stage(&store, &state, "homelab").await,
+            Stage::Imported
+        );
 
         let mut now = T0;
         for to in [Stage::TrustBoth, Stage::SignNew, Stage::TrustNew] {
@@ -1310,22 +1319,7 @@ mod tests {
         assert_eq!(vault_stage(&store, &state, "nas").await, Stage::TrustBoth);
 
         // Someone writes another bundle into nas's entry.
-        let nas = store.read("istio/clusters/nas").await.unwrap().unwrap();
-        let other = istio::issue_cluster_bundle(
-            &istio::generate_istio_root(&IstioCaParams::default(), T0).unwrap(),
-            "nas",
-            &IstioCaParams::default(),
-            T0,
-        )
-        .unwrap();
-        store
-            .write(
-                "istio/clusters/nas",
-                &bundle_data(&other, Stage::TrustNew, T0),
-                nas.version,
-            )
-            .await
-            .unwrap();
+        write_foreign_bundle(&store, "nas").await;
         let err = Rotation {
             store: &store,
             clusters: &clusters,

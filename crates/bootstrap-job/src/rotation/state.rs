@@ -10,12 +10,14 @@
 //! | `<cluster>.source` | where the previous CA came from: `istio-ca-secret` or `cacerts` |
 //! | `<cluster>.old.<file>`, `<cluster>.new.<file>` | the four `cacerts` files of the previous CA and of the new intermediate |
 
-use job_support::{KvEntry, SecretData};
+use job_support::{InvalidState, KvEntry, SecretData, SecretStore};
 use pki_core::istio::{CA_CERT, CA_KEY, CERT_CHAIN, IstioCaBundle, ROOT_CERT};
 use pki_core::istio_rotation::{ClusterRotation, Stage};
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{Certificate, SecretPem};
+
+use crate::plan::Plan;
 
 /// Where a cluster's previous CA was imported from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +189,21 @@ impl RotationState {
             clusters,
         })
     }
+}
+
+/// Reads the rotation record, if there is one; an unreadable one is invalid state.
+pub async fn read_state(
+    store: &impl SecretStore,
+    plan: &Plan,
+) -> anyhow::Result<Option<(RotationState, u64)>> {
+    let Some(entry) = store.read(&plan.rotation_path).await? else {
+        return Ok(None);
+    };
+    let state = RotationState::from_entry(&entry).map_err(|problem| InvalidState {
+        path: plan.label(&plan.rotation_path),
+        problem,
+    })?;
+    Ok(Some((state, entry.version)))
 }
 
 /// RFC 3339, as every date the jobs store.
