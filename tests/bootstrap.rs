@@ -418,13 +418,14 @@ fn assert_next_run_finishes_with_the_same_root(bao: &OpenBao, token: &str, finge
     );
 }
 
-/// Vault goes away right after the root is written (request 5 of the run: three reads, the
-/// check that the empty mount is KV v2, then the root's create-only write). The run retries, gives up with exit 4; the next run against
-/// a healthy Vault finishes the job with the same root.
+/// Vault goes away right after the root is written (request 6 of the run: three reads, the
+/// check that the empty mount is KV v2, the rotation record's look-up, then the root's
+/// create-only write). The run retries, gives up with exit 4; the next run against a healthy
+/// Vault finishes the job with the same root.
 #[test]
 fn vault_stopped_in_the_middle_of_a_run() {
     let (bao, token) = server();
-    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 5);
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 6);
     let dir = Scratch::new();
     let cut = run_job(
         JOB,
@@ -597,7 +598,7 @@ fn invalid_existing_state_is_refused_without_a_write() {
         (
             "istio/ca",
             vec![("root-cert.pem", &root_cert)],
-            "invalid state at 'secret/istio/ca': missing field 'root-key.pem' (fields present: root-cert.pem)",
+            "invalid state at 'secret/istio/ca': not a root entry: fields found: root-cert.pem; expected ",
         ),
         (
             "istio/ca",
@@ -658,4 +659,261 @@ fn a_cluster_bundle_from_another_root_is_refused() {
         "{error}"
     );
     assert_eq!(versions(&bao), before);
+}
+
+/// `secret/istio/ca` as the previous scripts' bootstrap Job wrote it: an ECDSA root made with
+/// openssl, `cert-chain.pem` holding the root itself, then one `vault kv put`. Returns the
+/// root's SHA-256 fingerprint as openssl prints it.
+pub fn previous_scripts_root(bao: &OpenBao) -> String {
+    let ran = bao
+        .shell(
+            "d=$(mktemp -d) && cd \"$d\"
+             openssl ecparam -name prime256v1 -genkey -noout -out key.pem 2>/dev/null
+             openssl req -x509 -new -key key.pem -days 3650 -subj '/O=Istio/CN=Root CA' \
+               -addext 'basicConstraints=critical,CA:true' \
+               -addext 'keyUsage=critical,keyCertSign,cRLSign' -out root-cert.pem
+             cp root-cert.pem cert-chain.pem
+             vault kv put secret/istio/ca root-cert.pem=@root-cert.pem cert-chain.pem=@cert-chain.pem \
+               key.pem=@key.pem >/dev/null
+             openssl x509 -noout -fingerprint -sha256 -in root-cert.pem
+             rm -rf \"$d\"",
+        )
+        .ok();
+    ran.stdout.trim().split_once('=').unwrap().1.to_owned()
+}
+
+/// The fields of `secret/<path>`, sorted, with their values.
+fn kv_fields(bao: &OpenBao, path: &str) -> Vec<(String, String)> {
+    let json = bao
+        .cli(&["kv", "get", "-format=json", "-mount=secret", path])
+        .ok()
+        .stdout;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut fields: Vec<(String, String)> = json["data"]["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    fields.sort();
+    fields
+}
+
+#[test]
+fn the_previous_scripts_root_is_adopted_and_never_rewritten() {
+    let (bao, token) = server();
+    let fingerprint = previous_scripts_root(&bao);
+    let before = kv_fields(&bao, "istio/ca");
+    assert_eq!(
+        before.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["cert-chain.pem", "key.pem", "root-cert.pem"]
+    );
+
+    let first = run(&bao, &token, &[]);
+    assert_exit(&first, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(
+        kv_fields(&bao, "istio/ca"),
+        before,
+        "the root entry changed"
+    );
+    assert_eq!(
+        first.last_field("root_fingerprint").unwrap(),
+        fingerprint.as_str()
+    );
+    assert_eq!(first.last_field("root_layout").unwrap(), "previous-scripts");
+    assert!(
+        first.messages().contains(
+            &"adopted the Istio root the previous scripts wrote; its fields are left as they are"
+                .to_owned()
+        ),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(first.last_field("root_created"), Some(false.into()));
+
+    // Each cluster's intermediate chains to the previous root, checked by openssl against
+    // the root file the previous scripts wrote.
+    for cluster in ["homelab", "nas"] {
+        let dir = Scratch::new();
+        for file in ["ca-cert.pem", "cert-chain.pem"] {
+            dir.write(
+                file,
+                bao.kv_field(&format!("istio/clusters/{cluster}"), file),
+            );
+        }
+        dir.write("root-cert.pem", bao.kv_field("istio/ca", "root-cert.pem"));
+        assert_eq!(
+            verify_cacerts(dir.path()).ok().stdout.trim(),
+            "ca-cert.pem: OK"
+        );
+    }
+
+    let second = run(&bao, &token, &[]);
+    assert_exit(&second, 0);
+    assert_eq!(versions(&bao), [1, 1, 1], "a second run wrote");
+    assert_eq!(second.last_field("writes"), Some(0.into()));
+}
+
+/// Shapes that are neither layout, written as an operator would with the CLI: exit 5, the
+/// path, the fields found and the fields expected, and nothing written anywhere.
+#[test]
+fn a_root_entry_of_another_shape_is_refused_naming_its_fields() {
+    let (bao, token) = server();
+    let expected = "expected root-cert.pem and root-key.pem (optionally with created and \
+                    fingerprint), as this job writes it, or exactly root-cert.pem, \
+                    cert-chain.pem and key.pem, as the previous scripts wrote it";
+    let cases = [
+        (
+            // A TLS-style Secret copied into Vault.
+            "vault kv put secret/istio/ca tls.crt=@root-cert.pem tls.key=@key.pem",
+            format!("not a root entry: fields found: tls.crt, tls.key; {expected}"),
+        ),
+        (
+            // The previous layout, half written.
+            "vault kv put secret/istio/ca root-cert.pem=@root-cert.pem key.pem=@key.pem",
+            format!("not a root entry: fields found: key.pem, root-cert.pem; {expected}"),
+        ),
+        (
+            // The previous layout with a field added by hand.
+            "vault kv put secret/istio/ca root-cert.pem=@root-cert.pem cert-chain.pem=@root-cert.pem \
+             key.pem=@key.pem created=2024-01-01",
+            format!(
+                "not a root entry: fields found: cert-chain.pem, created, key.pem, root-cert.pem; {expected}"
+            ),
+        ),
+        (
+            // Both layouts' key fields at once: which key is meant cannot be told.
+            "vault kv put secret/istio/ca root-cert.pem=@root-cert.pem root-key.pem=@key.pem key.pem=@key.pem",
+            format!(
+                "not a root entry: fields found: key.pem, root-cert.pem, root-key.pem; {expected}"
+            ),
+        ),
+        (
+            "vault kv put secret/istio/ca root-cert.pem=@root-cert.pem cert-chain.pem=@root-cert.pem \
+             key.pem=@other-key.pem",
+            "key.pem does not match root-cert.pem".to_owned(),
+        ),
+        (
+            // A chain that is not the root itself: the previous layout signs with the root.
+            "cat other.pem root-cert.pem > chain.pem
+             vault kv put secret/istio/ca root-cert.pem=@root-cert.pem cert-chain.pem=@chain.pem key.pem=@key.pem",
+            "cert-chain.pem is not a valid chain: it must hold root-cert.pem alone (a root that \
+             signs is its own chain), but holds 2 certificates"
+                .to_owned(),
+        ),
+    ];
+    for (command, problem) in cases {
+        bao.shell(&format!(
+            "d=$(mktemp -d) && cd \"$d\"
+             openssl ecparam -name prime256v1 -genkey -noout -out key.pem 2>/dev/null
+             openssl ecparam -name prime256v1 -genkey -noout -out other-key.pem 2>/dev/null
+             openssl req -x509 -new -key key.pem -days 30 -subj '/CN=Root CA' \
+               -addext 'basicConstraints=critical,CA:true' -out root-cert.pem
+             openssl req -x509 -new -key other-key.pem -days 30 -subj '/CN=Other' \
+               -addext 'basicConstraints=critical,CA:true' -out other.pem
+             {command} >/dev/null
+             rm -rf \"$d\""
+        ))
+        .ok();
+        let before = versions(&bao);
+        let refused = run(&bao, &token, &[]);
+        assert_exit(&refused, 5);
+        assert_eq!(
+            refused.error(),
+            format!("invalid state at 'secret/istio/ca': {problem}"),
+            "for: {command}"
+        );
+        assert_eq!(versions(&bao), before, "something was written");
+        assert_eq!(before[1..], [0, 0]);
+    }
+}
+
+/// Vault goes away after the first intermediate under the previous root is written (three
+/// reads, the rotation record's lookup, then homelab's write). The next run issues the other one
+/// and keeps both the root entry and the first bundle as they are.
+#[test]
+fn a_half_written_adoption_is_finished_by_the_next_run() {
+    let (bao, token) = server();
+    let fingerprint = previous_scripts_root(&bao);
+    let root_fields = kv_fields(&bao, "istio/ca");
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 5);
+    let dir = Scratch::new();
+    let cut = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", proxy.addr.as_str()),
+            ("VAULT_TOKEN", &token),
+            ("VAULT_MAX_ATTEMPTS", "2"),
+        ],
+        dir.path(),
+    );
+    assert_exit(&cut, 4);
+    assert!(
+        cut.error()
+            .starts_with("write 'secret/istio/clusters/nas' failed: cannot reach Vault: "),
+        "{}",
+        cut.error()
+    );
+    assert_eq!(versions(&bao), [1, 1, 0]);
+    let homelab = bao.kv_field("istio/clusters/homelab", "ca-cert.pem");
+
+    let next = run(&bao, &token, &[]);
+    assert_exit(&next, 0);
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(
+        next.last_field("clusters").unwrap(),
+        "homelab=kept (729d), nas=issued (729d)"
+    );
+    assert_eq!(
+        bao.kv_field("istio/clusters/homelab", "ca-cert.pem"),
+        homelab
+    );
+    assert_eq!(kv_fields(&bao, "istio/ca"), root_fields);
+    assert_eq!(
+        next.last_field("root_fingerprint").unwrap(),
+        fingerprint.as_str()
+    );
+}
+
+#[test]
+fn eight_runs_adopting_at_once_issue_one_intermediate_per_cluster() {
+    let (bao, token) = server();
+    let fingerprint = previous_scripts_root(&bao);
+    let root_fields = kv_fields(&bao, "istio/ca");
+    let dirs: Vec<Scratch> = (0..8).map(|_| Scratch::new()).collect();
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            spawn_job(
+                JOB,
+                &[("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", &token)],
+                d.path(),
+            )
+        })
+        .collect();
+    let runs: Vec<JobRun> = children.into_iter().map(wait_job).collect();
+    for run in &runs {
+        assert_exit(run, 0);
+        assert_eq!(
+            run.last_field("root_fingerprint").unwrap(),
+            fingerprint.as_str()
+        );
+        assert_eq!(run.last_field("root_created"), Some(false.into()));
+    }
+    assert_eq!(versions(&bao), [1, 1, 1]);
+    assert_eq!(kv_fields(&bao, "istio/ca"), root_fields);
+    for cluster in ["homelab", "nas"] {
+        let issued = runs
+            .iter()
+            .filter(|r| {
+                r.last_field("clusters")
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("{cluster}=issued"))
+            })
+            .count();
+        assert_eq!(issued, 1, "{cluster} issued by {issued} runs");
+    }
 }

@@ -681,7 +681,8 @@ fn overlapping_runs_never_drop_a_revocation() {
 /// Runs `tests/fixtures/previous-scripts-client.sh` against the server: an entry written the
 /// way the previous scripts wrote it, by their own shell commands.
 fn previous_scripts_user(bao: &OpenBao, name: &str) {
-    let script = crate::support::openbao::workspace_root().join("tests/fixtures/previous-scripts-client.sh");
+    let script =
+        crate::support::openbao::workspace_root().join("tests/fixtures/previous-scripts-client.sh");
     bao.shell(&format!("{} {name} {name}@example.org", script.display()))
         .ok();
 }
@@ -691,24 +692,54 @@ fn previous_scripts_users_are_listed_kept_and_migrated_once_declared() {
     let s = Setup::new();
     previous_scripts_user(&s.bao, "olduser");
     previous_scripts_user(&s.bao, "migrant");
-    s.clients(&format!("{ALICE_BOB}  - name: migrant\n    email: migrant@example.org\n"));
+    s.clients(&format!(
+        "{ALICE_BOB}  - name: migrant\n    email: migrant@example.org\n"
+    ));
 
     let ran = s.run(&[]);
 
     assert_exit(&ran, 0);
-    assert_eq!(s.versions(&["pki/clients/olduser", "pki/clients/migrant"]), [1, 2]);
+    assert_eq!(
+        s.versions(&["pki/clients/olduser", "pki/clients/migrant"]),
+        [1, 2]
+    );
     let report = s.run_args(&["report"]);
     assert_exit(&report, 0);
-    let line = report.stdout.lines().find(|l| l.starts_with("olduser ")).unwrap();
-    assert!(line.contains(" active ") && line.ends_with("previous"), "{line}");
+    let line = report
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("olduser "))
+        .unwrap();
+    assert!(
+        line.contains(" active ") && line.ends_with("previous"),
+        "{line}"
+    );
     // The migrated user downloads a working bundle as the seed says; the old certificate is kept.
     let (p12, password) = s.fetch_p12("migrant");
-    openssl(&["pkcs12", "-in", p12.to_str().unwrap(), "-passin", &format!("pass:{password}"), "-nokeys"], s.dir.path()).ok();
-    assert!(s.bao.kv_field("pki/clients/migrant", "previous_cert").contains("BEGIN CERTIFICATE"));
+    openssl(
+        &[
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            &format!("pass:{password}"),
+            "-nokeys",
+        ],
+        s.dir.path(),
+    )
+    .ok();
+    assert!(
+        s.bao
+            .kv_field("pki/clients/migrant", "previous_cert")
+            .contains("BEGIN CERTIFICATE")
+    );
     // And a second run has nothing to do.
     let again = s.run(&[]);
     assert_exit(&again, 0);
-    assert_eq!(s.versions(&["pki/clients/olduser", "pki/clients/migrant"]), [1, 2]);
+    assert_eq!(
+        s.versions(&["pki/clients/olduser", "pki/clients/migrant"]),
+        [1, 2]
+    );
 }
 
 #[test]
@@ -717,9 +748,23 @@ fn an_unusable_entry_is_named_left_alone_and_repaired_on_request() {
     s.clients(ALICE_BOB);
     assert_exit(&s.run(&[]), 0);
     // A hand edit breaks alice's bundle: the password no longer opens it.
-    s.bao.cli(&["kv", "patch", "-mount=secret", "pki/clients/alice", "password=wrong"]).ok();
-    s.bao.kv_put("pki/clients/stranger", &[("note", "kept by hand")]);
-    let before = s.versions(&["pki/clients/alice", "pki/clients/bob", "pki/clients/stranger", "pki/ca"]);
+    s.bao
+        .cli(&[
+            "kv",
+            "patch",
+            "-mount=secret",
+            "pki/clients/alice",
+            "password=wrong",
+        ])
+        .ok();
+    s.bao
+        .kv_put("pki/clients/stranger", &[("note", "kept by hand")]);
+    let before = s.versions(&[
+        "pki/clients/alice",
+        "pki/clients/bob",
+        "pki/clients/stranger",
+        "pki/ca",
+    ]);
 
     let ran = s.run(&[]);
 
@@ -728,13 +773,41 @@ fn an_unusable_entry_is_named_left_alone_and_repaired_on_request() {
         ran.error(),
         "2 client entries were left alone and need an operator: 'alice' (invalid PKCS#12 bundle: field 'p12' cannot be opened: MAC tag mismatch (wrong 'password', or 'p12' is corrupted); re-issue it with 'client-issuer-job repair alice'); 'stranger' (missing field 'cert' (fields present: note))"
     );
-    assert_eq!(s.versions(&["pki/clients/alice", "pki/clients/bob", "pki/clients/stranger", "pki/ca"]), before);
+    assert_eq!(
+        s.versions(&[
+            "pki/clients/alice",
+            "pki/clients/bob",
+            "pki/clients/stranger",
+            "pki/ca"
+        ]),
+        before
+    );
     let report = s.run_args(&["report"]);
-    assert!(report.stdout.contains("entries left alone, to look at:\n  alice: "), "{}", report.stdout);
+    assert!(
+        report
+            .stdout
+            .contains("entries left alone, to look at:\n  alice: "),
+        "{}",
+        report.stdout
+    );
 
     let repaired = s.run_args(&["repair", "alice"]);
     assert_exit(&repaired, 8); // the stranger still needs an operator
-    assert_eq!(s.versions(&["pki/clients/alice", "pki/clients/stranger"]), [before[0] + 1, before[2]]);
+    assert_eq!(
+        s.versions(&["pki/clients/alice", "pki/clients/stranger"]),
+        [before[0] + 1, before[2]]
+    );
     let (p12, password) = s.fetch_p12("alice");
-    openssl(&["pkcs12", "-in", p12.to_str().unwrap(), "-passin", &format!("pass:{password}"), "-nokeys"], s.dir.path()).ok();
+    openssl(
+        &[
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            &format!("pass:{password}"),
+            "-nokeys",
+        ],
+        s.dir.path(),
+    )
+    .ok();
 }

@@ -189,7 +189,9 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
     assert_eq!(issued.code, 0, "{}", issued.stderr);
     // The removal path lists users: a second run with nobody declared (and saying so, past
     // the mass-revocation guard) revokes alice.
-    clusters.dir.write("clients.yaml", "clients: []\nallow_revoke_all: true\n");
+    clusters
+        .dir
+        .write("clients.yaml", "clients: []\nallow_revoke_all: true\n");
     let revoking = run_issuer();
     assert_eq!(revoking.code, 0, "{}", revoking.stderr);
     assert_eq!(

@@ -6,3 +6,8 @@ path "secret/data/istio/ca" {
 path "secret/data/istio/clusters/*" {
   capabilities = ["create", "read", "update"]
 }
+# The root rotation's record (`bootstrap-job rotate`); the regular run reads it to leave the
+# bundles of a rotation in progress alone.
+path "secret/data/istio/rotation" {
+  capabilities = ["create", "read", "update"]
+}

@@ -2,43 +2,22 @@
 //! and only then write what is missing or due, each write conditional (create-only, or
 //! check-and-set on the version read). A run that loses a race adopts the winner's state; a
 //! run that died halfway is finished by the next. Invalid state stops the run before any write.
+//! While a root rotation is in progress, its clusters' bundles are left to `rotate`.
+
+use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use job_support::{InvalidState, KvEntry, SecretData, SecretStore, WriteOutcome};
-use pki_core::istio::{
-    self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, IstioCaParams, ROOT_CERT, ROOT_KEY,
-};
+use pki_core::istio::{self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, ROOT_CERT};
+use pki_core::istio_rotation::Stage;
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
-use pki_core::{CaCredential, Certificate, RenewalPolicy, renewal_due};
+use pki_core::{CaCredential, Certificate, renewal_due};
 use tracing::info;
 
-/// Where the state lives and what it should look like.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    /// KV mount, for messages.
-    pub mount: String,
-    /// Path of the root entry (`istio/ca`).
-    pub root_path: String,
-    /// Prefix of the cluster entries (`istio/clusters`).
-    pub clusters_path: String,
-    /// Cluster names, each with its intermediate.
-    pub clusters: Vec<String>,
-    /// Key type, names and validity of new certificates.
-    pub ca: IstioCaParams,
-    /// When an intermediate is re-issued.
-    pub renewal: RenewalPolicy,
-}
-
-impl Plan {
-    fn cluster_path(&self, cluster: &str) -> String {
-        format!("{}/{cluster}", self.clusters_path)
-    }
-
-    fn label(&self, path: &str) -> String {
-        format!("{}/{path}", self.mount)
-    }
-}
+use crate::plan::Plan;
+use crate::root_entry::{RootLayout, load_root, root_data};
+use crate::rotation::state::{RotationState, read_state};
 
 /// What happened to one cluster's bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +30,8 @@ pub enum ClusterAction {
     Renewed,
     /// Written by a concurrent run while this one was deciding; verified and adopted.
     Adopted,
+    /// Left to the root rotation in progress, which holds it at this stage.
+    Rotating(Stage),
 }
 
 /// The result of one cluster.
@@ -75,6 +56,8 @@ pub struct Outcome {
     pub root_days_left: i64,
     /// Whether this run created the root.
     pub root_created: bool,
+    /// The layout of the root entry.
+    pub root_layout: RootLayout,
     /// Per cluster, in configuration order.
     pub clusters: Vec<ClusterOutcome>,
 }
@@ -95,6 +78,10 @@ impl Outcome {
 /// What is stored for one cluster, after verification.
 enum ClusterState {
     Missing,
+    Rotating {
+        stage: Stage,
+        certificate: Certificate,
+    },
     Valid {
         version: u64,
         certificate: Certificate,
@@ -114,7 +101,7 @@ pub async fn converge(
     let mut root_entry = store.read(&plan.root_path).await?;
 
     let mut root_created = false;
-    let root = if let Some(entry) = &root_entry {
+    let (root, root_layout) = if let Some(entry) = &root_entry {
         verify_root(entry, &root_label, now)?
     } else {
         if let Some((cluster, _)) = stored.iter().find(|(_, e)| e.is_some()) {
@@ -137,7 +124,7 @@ pub async fn converge(
             WriteOutcome::Written { version } => {
                 info!(path = %root_label, version, fingerprint = %root.certificate.info().fingerprint_sha256, "created the Istio root CA");
                 root_created = true;
-                root
+                (root, RootLayout::Own)
             }
             WriteOutcome::Conflict => {
                 // A concurrent run created the root first: use theirs, and whatever cluster
@@ -157,28 +144,8 @@ pub async fn converge(
         }
     };
 
-    let mut states = Vec::with_capacity(plan.clusters.len());
-    let mut problems = Vec::new();
-    for (cluster, entry) in &stored {
-        let label = plan.label(&plan.cluster_path(cluster));
-        match entry {
-            None => states.push(ClusterState::Missing),
-            Some(entry) => match verify_cluster(entry, &root, now) {
-                Ok(certificate) => states.push(ClusterState::Valid {
-                    version: entry.version,
-                    certificate,
-                }),
-                Err(problem) => problems.push(format!("'{label}': {problem}")),
-            },
-        }
-    }
-    if !problems.is_empty() {
-        return Err(InvalidState {
-            path: plan.label(&plan.clusters_path),
-            problem: problems.join("; "),
-        }
-        .into());
-    }
+    let rotation = read_state(store, plan).await?.map(|(state, _)| state);
+    let states = cluster_states(plan, &stored, &root, rotation, now)?;
 
     let mut clusters = Vec::with_capacity(plan.clusters.len());
     for (cluster, state) in plan.clusters.iter().zip(states) {
@@ -189,8 +156,68 @@ pub async fn converge(
         root_fingerprint: root.certificate.info().fingerprint_sha256.clone(),
         root_days_left: root.certificate.info().days_left(now),
         root_created,
+        root_layout,
         clusters,
     })
+}
+
+/// Verifies every stored cluster bundle against the root, except those a rotation in progress
+/// owns: they hold a stage of it, which may trust two roots or sign under the previous one.
+fn cluster_states(
+    plan: &Plan,
+    stored: &[(String, Option<KvEntry>)],
+    root: &CaCredential,
+    rotation: Option<RotationState>,
+    now: OffsetDateTime,
+) -> Result<Vec<ClusterState>> {
+    let rotating = rotation.as_ref().filter(|state| state.in_progress());
+    let mut states = Vec::with_capacity(plan.clusters.len());
+    let mut problems = Vec::new();
+    for (cluster, entry) in stored {
+        let label = plan.label(&plan.cluster_path(cluster));
+        if let Some((state, record)) =
+            rotating.and_then(|state| Some((state, state.cluster(cluster)?)))
+        {
+            let bundle = record.rotation.bundle(state.stage);
+            let certificate = Certificate::from_pem(&bundle.ca_cert, CA_CERT)?;
+            states.push(ClusterState::Rotating {
+                stage: state.stage,
+                certificate,
+            });
+            continue;
+        }
+        match entry {
+            None => states.push(ClusterState::Missing),
+            Some(entry) => match verify_cluster(entry, root, now) {
+                Ok(certificate) => states.push(ClusterState::Valid {
+                    version: entry.version,
+                    certificate,
+                }),
+                Err(problem) => problems.push(format!("'{label}': {problem}")),
+            },
+        }
+    }
+    if problems.is_empty() {
+        return Ok(states);
+    }
+    let mut problem = problems.join("; ");
+    if let Some(done) = rotation
+        .filter(|state| state.root_fingerprint != root.certificate.info().fingerprint_sha256)
+    {
+        let _ = write!(
+            problem,
+            "; the rotation recorded at '{}' moved the clusters to the root at '{}': set \
+             ISTIO_CA_PATH={}",
+            plan.label(&plan.rotation_path),
+            plan.label(&done.root_path),
+            done.root_path
+        );
+    }
+    Err(InvalidState {
+        path: plan.label(&plan.clusters_path),
+        problem,
+    }
+    .into())
 }
 
 async fn read_clusters(
@@ -218,6 +245,15 @@ async fn converge_cluster(
     let path = plan.cluster_path(cluster);
     let label = plan.label(&path);
     let (cas, action) = match state {
+        ClusterState::Rotating { stage, certificate } => {
+            let info = certificate.info();
+            return Ok(ClusterOutcome {
+                cluster: cluster.to_owned(),
+                action: ClusterAction::Rotating(stage),
+                fingerprint: info.fingerprint_sha256.clone(),
+                days_left: info.days_left(now),
+            });
+        }
         ClusterState::Valid {
             version,
             certificate,
@@ -280,18 +316,6 @@ async fn converge_cluster(
     }
 }
 
-fn root_data(root: &CaCredential, now: OffsetDateTime) -> SecretData {
-    let mut data = SecretData::new();
-    data.insert(ROOT_CERT, root.certificate.to_pem());
-    data.insert(ROOT_KEY, root.key_pem().expose());
-    data.insert("created", rfc3339(now));
-    data.insert(
-        "fingerprint",
-        root.certificate.info().fingerprint_sha256.clone(),
-    );
-    data
-}
-
 fn field<'a>(entry: &'a KvEntry, name: &str) -> Result<&'a str, String> {
     entry.data.get(name).ok_or_else(|| {
         let present: Vec<_> = entry.data.fields().collect();
@@ -302,24 +326,18 @@ fn field<'a>(entry: &'a KvEntry, name: &str) -> Result<&'a str, String> {
     })
 }
 
-fn verify_root(entry: &KvEntry, label: &str, now: OffsetDateTime) -> Result<CaCredential> {
-    let invalid = |problem: String| InvalidState {
-        path: label.to_owned(),
-        problem,
-    };
-    let cert = field(entry, ROOT_CERT).map_err(invalid)?;
-    let key = field(entry, ROOT_KEY).map_err(invalid)?;
-    let root = istio::load_istio_root(cert, key, now).map_err(|e| invalid(e.to_string()))?;
-    if let Some(recorded) = entry.data.get("fingerprint") {
-        let actual = &root.certificate.info().fingerprint_sha256;
-        if recorded != actual {
-            return Err(invalid(format!(
-                "field 'fingerprint' says {recorded}, but root-cert.pem's fingerprint is {actual}"
-            ))
-            .into());
-        }
+fn verify_root(
+    entry: &KvEntry,
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<(CaCredential, RootLayout)> {
+    let (root, layout) = load_root(entry, label, now)?;
+    if layout == RootLayout::PreviousScripts {
+        info!(path = %label, fingerprint = %root.certificate.info().fingerprint_sha256,
+              fields = "root-cert.pem, cert-chain.pem, key.pem",
+              "adopted the Istio root the previous scripts wrote; its fields are left as they are");
     }
-    Ok(root)
+    Ok((root, layout))
 }
 
 /// Verifies a stored bundle against the stored root. An intermediate past its validity is

@@ -133,16 +133,70 @@ pub fn load_istio_root(
     root_key_pem: &str,
     now: OffsetDateTime,
 ) -> Result<CaCredential> {
-    let root = CaCredential::from_pem(root_cert_pem, ROOT_CERT, root_key_pem, ROOT_KEY, now)?;
+    load_root_with_key_label(root_cert_pem, root_key_pem, ROOT_KEY, now)
+}
+
+/// `cacerts`-style key of a root that signs workloads itself, as the previous scripts stored it.
+pub const SIGNING_ROOT_KEY: &str = "key.pem";
+
+/// Loads a root stored the way the previous scripts wrote it: `root-cert.pem`, its key
+/// `key.pem`, and `cert-chain.pem` holding the root itself (a root that signs directly is its
+/// own chain). Checked as [`load_istio_root`] does, plus the chain.
+pub fn load_signing_root(
+    root_cert_pem: &str,
+    key_pem: &str,
+    cert_chain_pem: &str,
+    now: OffsetDateTime,
+) -> Result<CaCredential> {
+    let root = load_root_with_key_label(root_cert_pem, key_pem, SIGNING_ROOT_KEY, now)?;
+    let chain = Certificate::chain_from_pem(cert_chain_pem, CERT_CHAIN)?;
+    let wrong = |reason: String| PkiError::InvalidChain {
+        object: CERT_CHAIN.into(),
+        reason,
+    };
+    match chain.as_slice() {
+        [only] if only.der() == root.certificate.der() => Ok(root),
+        [only] => Err(wrong(format!(
+            "it must hold {ROOT_CERT} alone (a root that signs is its own chain), but holds '{}'",
+            only.info().subject
+        ))),
+        more => Err(wrong(format!(
+            "it must hold {ROOT_CERT} alone (a root that signs is its own chain), but holds {} certificates",
+            more.len()
+        ))),
+    }
+}
+
+fn load_root_with_key_label(
+    root_cert_pem: &str,
+    root_key_pem: &str,
+    key_label: &str,
+    now: OffsetDateTime,
+) -> Result<CaCredential> {
+    let root = CaCredential::from_pem(root_cert_pem, ROOT_CERT, root_key_pem, key_label, now)?;
     root.certificate.check_self_signed()?;
     Ok(root)
+}
+
+/// Parses `root-cert.pem`, which istiod reads as a pool of trusted roots: one certificate, or
+/// several while a mesh moves from one root to another. A single root keeps the file's name as
+/// its label; several are labelled `root-cert.pem certificate <n>`.
+pub fn parse_root_bundle(root_cert_pem: &str) -> Result<Vec<Certificate>> {
+    let mut roots = Certificate::chain_from_pem(root_cert_pem, ROOT_CERT)?;
+    if roots.len() == 1 {
+        let only = roots.remove(0).relabelled(ROOT_CERT);
+        roots.push(only);
+    }
+    Ok(roots)
 }
 
 /// What the verifier found, for a one-line summary or a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IstioBundleReport {
-    /// The mesh root.
+    /// The root `cert-chain.pem` leads to (of those in `root-cert.pem`).
     pub root: CertificateInfo,
+    /// Every root of `root-cert.pem`, in file order.
+    pub roots: Vec<CertificateInfo>,
     /// The cluster's signing CA (`ca-cert.pem`).
     pub ca: CertificateInfo,
     /// Number of certificates in `cert-chain.pem`.
@@ -181,12 +235,19 @@ impl<'a> From<&'a IstioCaBundle> for IstioBundleFiles<'a> {
     }
 }
 
-/// Verifies a `cacerts` bundle as istiod needs it at `now`:
+/// Verifies a `cacerts` bundle as istiod needs it at `now`, following istiod's own checks
+/// (istio/istio `security/pkg/pki/util/keycertbundle.go`, `Verify`: `ca-cert.pem` verifies
+/// against the roots of `root-cert.pem` through `cert-chain.pem`, and `tls.X509KeyPair` accepts
+/// the key; `security/pkg/pki/ca/ca.go`, `NewPluggedCertIstioCAOptions`: `ca-cert.pem` is a CA),
+/// and stricter where a looser bundle would only fail later:
 /// - `ca-key.pem` is an unencrypted key that matches `ca-cert.pem`;
 /// - `ca-cert.pem` is a CA;
-/// - `root-cert.pem` is a self-signed CA;
-/// - `cert-chain.pem` starts with `ca-cert.pem`, ends with `root-cert.pem`, and each
-///   certificate is signed by the next (signatures checked, not just names);
+/// - every certificate of `root-cert.pem` is a self-signed CA (several while roots rotate);
+/// - `cert-chain.pem` starts with `ca-cert.pem`, ends with a root of `root-cert.pem`, and each
+///   certificate is signed by the next (signatures checked, not just names). When `ca-cert.pem`
+///   is itself a root (a self-signed CA that signs workloads), it is its own chain;
+/// - no certificate of the chain has an extendedKeyUsage without serverAuth: Go's
+///   `x509.Certificate.Verify`, which istiod calls with no key usages, checks for serverAuth;
 /// - every certificate is inside its validity window.
 pub fn verify_istio_bundle(
     files: IstioBundleFiles<'_>,
@@ -194,28 +255,60 @@ pub fn verify_istio_bundle(
 ) -> Result<IstioBundleReport> {
     let ca = Certificate::from_pem(files.ca_cert, CA_CERT)?;
     let key = SigningKey::from_pem(files.ca_key, CA_KEY)?;
-    let root = Certificate::from_pem(files.root_cert, ROOT_CERT)?;
+    let roots = parse_root_bundle(files.root_cert)?;
     let chain = Certificate::chain_from_pem(files.cert_chain, CERT_CHAIN)?;
 
     ca.check_key_matches(&key, CA_KEY)?;
     ca.check_is_ca()?;
-    root.check_self_signed()?;
-    root.check_is_ca()?;
-    verify_chain_shape(&chain, &ca, &root)?;
+    for root in &roots {
+        root.check_self_signed()?;
+        root.check_is_ca()?;
+    }
+    let anchor = verify_chain_shape(&chain, &ca, &roots)?;
     for pair in chain.windows(2) {
         pair[0].verify_signed_by(&pair[1])?;
     }
-    for cert in chain.iter().chain([&ca, &root]) {
+    for cert in std::iter::once(&ca).chain(&chain) {
+        check_server_auth_allowed(cert)?;
+    }
+    for cert in chain.iter().chain([&ca]).chain(&roots) {
         cert.check_validity_at(now)?;
     }
     Ok(IstioBundleReport {
-        root: root.info().clone(),
+        root: roots[anchor].info().clone(),
+        roots: roots.iter().map(|r| r.info().clone()).collect(),
         ca: ca.info().clone(),
         chain_length: chain.len(),
     })
 }
 
-fn verify_chain_shape(chain: &[Certificate], ca: &Certificate, root: &Certificate) -> Result<()> {
+/// Go's `x509.Certificate.Verify` with no key usages requires serverAuth of every certificate
+/// in the chain that restricts its extended key usage (`checkChainForKeyUsage`, Go's
+/// `crypto/x509/verify.go`); istiod's `Verify` passes none.
+fn check_server_auth_allowed(cert: &Certificate) -> Result<()> {
+    let allowed = cert.with_x509(|x509| match x509.extended_key_usage() {
+        Ok(None) => true,
+        Ok(Some(eku)) => eku.value.any || eku.value.server_auth,
+        Err(_) => false,
+    })?;
+    if allowed {
+        Ok(())
+    } else {
+        Err(PkiError::InvalidChain {
+            object: cert.label().to_owned(),
+            reason: "its extendedKeyUsage lacks serverAuth, which istiod's certificate \
+                     verification requires of every certificate in the chain"
+                .into(),
+        })
+    }
+}
+
+/// Checks the order of `cert-chain.pem`; returns the index in `roots` of the root it ends with.
+fn verify_chain_shape(
+    chain: &[Certificate],
+    ca: &Certificate,
+    roots: &[Certificate],
+) -> Result<usize> {
     let wrong = |reason: String| PkiError::InvalidChain {
         object: CERT_CHAIN.into(),
         reason,
@@ -223,7 +316,8 @@ fn verify_chain_shape(chain: &[Certificate], ca: &Certificate, root: &Certificat
     let (Some(first), Some(last)) = (chain.first(), chain.last()) else {
         return Err(wrong("it is empty".into()));
     };
-    if chain.len() < 2 {
+    let root_index = |cert: &Certificate| roots.iter().position(|r| r.der() == cert.der());
+    if chain.len() < 2 && root_index(ca).is_none() {
         return Err(wrong(format!(
             "it holds one certificate; it must hold {CA_CERT} followed by {ROOT_CERT}"
         )));
@@ -234,11 +328,15 @@ fn verify_chain_shape(chain: &[Certificate], ca: &Certificate, root: &Certificat
             first.info().subject
         )));
     }
-    if last.der() != root.der() {
-        return Err(wrong(format!(
-            "it must end with {ROOT_CERT}, but ends with '{}'",
+    root_index(last).ok_or_else(|| {
+        let target = if roots.len() == 1 {
+            ROOT_CERT.to_owned()
+        } else {
+            format!("one of the certificates of {ROOT_CERT}")
+        };
+        wrong(format!(
+            "it must end with {target}, but ends with '{}'",
             last.info().subject
-        )));
-    }
-    Ok(())
+        ))
+    })
 }

@@ -13,6 +13,7 @@ mod client;
 mod crl;
 mod error;
 pub mod istio;
+pub mod istio_rotation;
 mod key;
 mod pkcs12;
 mod renewal;
