@@ -830,14 +830,15 @@ fn a_root_entry_of_another_shape_is_refused_naming_its_fields() {
 }
 
 /// Vault goes away after the first intermediate under the previous root is written (three
-/// reads, the rotation record's lookup, then homelab's write). The next run issues the other one
-/// and keeps both the root entry and the first bundle as they are.
+/// reads, the check that the mount is KV v2, the rotation record's lookup, then homelab's
+/// write). The next run issues the other one and keeps both the root entry and the first
+/// bundle as they are.
 #[test]
 fn a_half_written_adoption_is_finished_by_the_next_run() {
     let (bao, token) = server();
     let fingerprint = previous_scripts_root(&bao);
     let root_fields = kv_fields(&bao, "istio/ca");
-    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 5);
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 6);
     let dir = Scratch::new();
     let cut = run_job(
         JOB,
