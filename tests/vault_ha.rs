@@ -448,10 +448,13 @@ fn client_issuer_converge_survives_leader_changes() {
 fn nas_sync_reads_through_leader_changes() {
     let api = FakeApiServer::start();
     api.create_namespace("istio-system");
-    api.issue_token("sync-token", "istio-system", "istio-ca-sync");
+    api.create_service_account("istio-system", "istio-ca-sync");
     api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
     let dir = Scratch::new();
-    let kubeconfig = dir.write("kubeconfig", api.kubeconfig("sync-token"));
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
+    );
     let vars = |ha: &Ha, mount: &str, attempts: &str| {
         let mut vars = ha.vars(mount, attempts);
         vars.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));

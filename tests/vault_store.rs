@@ -252,10 +252,13 @@ fn a_deleted_bundle_is_not_synced_as_absent() {
     assert_exit(&bootstrap(&bao.addr, ROOT_TOKEN, &[]), 0);
     let api = FakeApiServer::start();
     api.create_namespace("istio-system");
-    api.issue_token("sync-token", "istio-system", "istio-ca-sync");
+    api.create_service_account("istio-system", "istio-ca-sync");
     api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
     let dir = Scratch::new();
-    let kubeconfig = dir.write("kubeconfig", api.kubeconfig("sync-token"));
+    let kubeconfig = dir.write(
+        "kubeconfig",
+        api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
+    );
     let sync = || {
         run_job(
             "nas-sync-job",

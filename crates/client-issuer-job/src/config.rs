@@ -7,6 +7,7 @@ use job_support::config::{
     ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
     renewal_policy,
 };
+use job_support::metrics::Pushgateway;
 use pki_core::time::Duration;
 use pki_core::{Certificate, Crl, KeyAlgorithm, Pkcs12Profile, RenewalPolicy};
 use serde::Deserialize;
@@ -33,9 +34,7 @@ CLIENT PKI:
     CRL_VALIDITY_DAYS        nextUpdate of a new CRL, in days from now  [14]
     CRL_RENEW_DAYS_LEFT      re-sign the CRL when fewer days are left before nextUpdate  [7]
     LEGACY_CA_FILES          comma-separated PEM files of CAs HAProxy keeps trusting during a migration
-    LEGACY_CRL_FILES         comma-separated PEM CRL files, one per legacy CA (required with LEGACY_CA_FILES)
-    PUSHGATEWAY_URL          push run metrics to this Prometheus Pushgateway, e.g. http://pushgateway:9091
-    PUSHGATEWAY_JOB          job label of the pushed metrics  [client-issuer]";
+    LEGACY_CRL_FILES         comma-separated PEM CRL files, one per legacy CA (required with LEGACY_CA_FILES)";
 
 #[derive(Debug, Default, Deserialize)]
 struct RawIssuerConfig {
@@ -56,8 +55,6 @@ struct RawIssuerConfig {
     crl_renew_days_left: Option<String>,
     legacy_ca_files: Option<String>,
     legacy_crl_files: Option<String>,
-    pushgateway_url: Option<String>,
-    pushgateway_job: Option<String>,
 }
 
 /// A CA of the previous system that HAProxy keeps trusting during a migration, with the CRL
@@ -79,8 +76,8 @@ pub struct Config {
     pub clients_file: PathBuf,
     /// State paths and certificate settings.
     pub pki: PkiSettings,
-    /// Pushgateway base URL and job label.
-    pub pushgateway: Option<(String, String)>,
+    /// Where run metrics go.
+    pub pushgateway: Option<Pushgateway>,
 }
 
 /// State paths and certificate settings.
@@ -124,25 +121,10 @@ impl Config {
     /// Reads and validates the configuration from `vars`; reads the legacy CA and CRL files.
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
-        let raw: RawIssuerConfig = raw_from_vars(vars)?;
+        let raw: RawIssuerConfig = raw_from_vars(vars.clone())?;
         let mount = store.kv_mount().to_owned();
         let pki = pki_settings(&raw, mount)?;
-        let pushgateway = match raw.pushgateway_url {
-            None => None,
-            Some(url) => {
-                let parsed = url::Url::parse(&url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https"));
-                if parsed.is_none() {
-                    return Err(ConfigError::new(
-                        "PUSHGATEWAY_URL",
-                        format!("'{url}' is not an http(s) URL"),
-                    ));
-                }
-                let job = non_blank("PUSHGATEWAY_JOB", raw.pushgateway_job, "client-issuer")?;
-                Some((url.trim_end_matches('/').to_owned(), job))
-            }
-        };
+        let pushgateway = Pushgateway::from_vars(vars, "client-issuer")?;
         Ok(Self {
             store,
             clients_file: PathBuf::from(
