@@ -9,6 +9,7 @@ mod haproxy_consumers;
 mod images;
 mod kube_auth;
 mod manifests;
+mod metrics;
 mod nas_sync;
 mod pki_interop;
 mod support;

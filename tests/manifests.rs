@@ -665,28 +665,51 @@ fn the_sync_role_may_write_only_cacerts() {
     assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "patch"]));
 }
 
+/// Each cluster's PrometheusRule sits where that cluster's Pushgateway is scraped, carries
+/// the `release` label kube-prometheus-stack selects rules by, passes `promtool check`, and
+/// its unit tests (tests/prometheus/<cluster>-rules.test.yaml) show each alert firing and
+/// staying silent.
 #[test]
 fn the_alert_rules_pass_promtool_and_fire_on_sample_series() {
-    let rule = all_objects()
-        .into_iter()
-        .find(|o| o.value["kind"] == "PrometheusRule")
-        .expect("the PrometheusRule");
-    let dir = Scratch::new();
-    dir.write(
-        "rules.yaml",
-        serde_norway::to_string(&serde_json::json!({"groups": rule.value["spec"]["groups"]}))
-            .unwrap(),
-    );
-    let check = run("promtool", &["check", "rules", "rules.yaml"], dir.path());
-    assert!(check.success, "{}", check.all());
-    let tests =
-        std::fs::read_to_string(workspace_root().join("tests/prometheus/pki-rules.test.yaml"))
-            .unwrap();
-    dir.write("pki-rules.test.yaml", tests);
-    let ran = run(
-        "promtool",
-        &["test", "rules", "pki-rules.test.yaml"],
-        dir.path(),
-    );
-    assert!(ran.success, "{}", ran.all());
+    let all = flux_kustomizations();
+    for cluster in ["homelab", "nas"] {
+        let rules: Vec<&Value> = all
+            .iter()
+            .filter(|k| k.cluster == cluster)
+            .flat_map(|k| &k.objects)
+            .filter(|o| o["kind"] == "PrometheusRule")
+            .collect();
+        assert_eq!(rules.len(), 1, "{cluster}: one PrometheusRule");
+        let rule = rules[0];
+        assert_eq!(
+            rule["metadata"]["labels"]["release"], "kube-prometheus-stack",
+            "{cluster}: the release label"
+        );
+        let dir = Scratch::new();
+        dir.write(
+            "rules.yaml",
+            serde_norway::to_string(&serde_json::json!({"groups": rule["spec"]["groups"]}))
+                .unwrap(),
+        );
+        let check = run("promtool", &["check", "rules", "rules.yaml"], dir.path());
+        assert!(check.success, "{cluster}: {}", check.all());
+        let file = format!("{cluster}-rules.test.yaml");
+        let tests =
+            std::fs::read_to_string(workspace_root().join("tests/prometheus").join(&file)).unwrap();
+        // Every alert of the rule has a test that fires it and one that expects silence.
+        for alert in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+            let name = alert["alert"].as_str().unwrap();
+            let fired = tests.contains(&format!(
+                "alertname: {name}\n        exp_alerts:\n          - "
+            ));
+            let silent = tests.contains(&format!("alertname: {name}, exp_alerts: []"));
+            assert!(
+                fired && silent,
+                "{file}: {name} fired {fired}, silent {silent}"
+            );
+        }
+        dir.write(&file, tests);
+        let ran = run("promtool", &["test", "rules", &file], dir.path());
+        assert!(ran.success, "{cluster}: {}", ran.all());
+    }
 }

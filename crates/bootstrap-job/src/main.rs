@@ -4,6 +4,7 @@
 
 mod config;
 mod converge;
+mod metrics;
 
 use std::process::ExitCode;
 
@@ -28,11 +29,11 @@ fn main() -> ExitCode {
         help,
         || Config::from_vars(std::env::vars().collect()),
         |config| &config.store,
-        |config| block_on(run(config)),
+        |config| block_on(async { metrics::reported(config, run(config).await).await }),
     )
 }
 
-async fn run(config: &Config) -> Result<()> {
+async fn run(config: &Config) -> Result<converge::Outcome> {
     let store = config.store.open().await?;
     let outcome = converge(&store, &config.plan, OffsetDateTime::now_utc()).await?;
     let clusters: Vec<String> = outcome
@@ -54,7 +55,7 @@ async fn run(config: &Config) -> Result<()> {
         writes = outcome.writes(),
         "{message}"
     );
-    Ok(())
+    Ok(outcome)
 }
 
 fn action_name(action: ClusterAction) -> &'static str {
@@ -73,9 +74,10 @@ fn help() -> String {
          Vault KV v2, exactly once. Later runs verify the stored state and write nothing, except a\n\
          missing cluster bundle or an intermediate due for renewal. The root is never replaced.\n\n\
          USAGE:\n    bootstrap-job            (configured through environment variables)\n\n\
-         {}\n\n{}\n\n{}",
+         {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
         config::VARIABLES_HELP,
+        job_support::metrics::variables_help("istio-ca-bootstrap"),
         job_support::config::STORE_VARIABLES_HELP,
         Failure::TABLE
     )

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use job_support::config::ConfigError;
 use job_support::exit::{Classified, Failure, report as report_error};
+use job_support::metrics::{RunMetrics, RunOutcome};
 use job_support::{SecretStore, logging};
 use pki_core::time::OffsetDateTime;
 use tracing::info;
@@ -147,16 +148,15 @@ fn run(config: &Config, command: Command) -> Result<()> {
         // `report` only prints: it has no run to report.
         let outcome = match &result {
             Ok(None) => None,
-            Ok(Some(summary)) => {
-                Some((Some(report::metrics(summary)), summary.attention.is_empty()))
-            }
-            Err(_) => Some((None, false)),
+            Ok(Some(summary)) => Some(RunOutcome::Finished {
+                values: report::metrics(summary),
+                success: summary.attention.is_empty(),
+            }),
+            Err(_) => Some(RunOutcome::Failed(RunMetrics::default())),
         };
-        if let (Some(gateway), Some((values, success))) = (&config.pushgateway, outcome) {
+        if let (Some(gateway), Some(outcome)) = (&config.pushgateway, outcome) {
             let now = OffsetDateTime::now_utc().unix_timestamp();
-            gateway
-                .report_run("client_issuer", values, success, now)
-                .await;
+            gateway.report_run("client_issuer", outcome, now).await;
         }
         match result? {
             Some(summary) if !summary.attention.is_empty() => Err(Classified {

@@ -121,32 +121,24 @@ impl Pushgateway {
         Ok(())
     }
 
-    /// Pushes the outcome of a run: `Some(values)` when the run finished its work (PUT, with
-    /// the run gauges added), `None` when it failed (POST of the run gauges only). A failed
+    /// Pushes the outcome of a run (see [`RunOutcome`]), with the run gauges added. A failed
     /// push is logged as a warning and never fails the run: what the run wrote is written.
-    pub async fn report_run(
-        &self,
-        prefix: &str,
-        values: Option<RunMetrics>,
-        success: bool,
-        now_unix: i64,
-    ) {
-        let (mut metrics, method) = match values {
-            Some(values) => (values, PushMethod::Replace),
-            None => (RunMetrics::default(), PushMethod::Update),
+    pub async fn report_run(&self, prefix: &str, outcome: RunOutcome, now_unix: i64) {
+        let (mut metrics, method, success) = match outcome {
+            RunOutcome::Finished { values, success } => (values, PushMethod::Replace, success),
+            RunOutcome::Failed(values) => (values, PushMethod::Update, false),
         };
-        let finished = method == PushMethod::Replace;
         metrics.single(
             &format!("{prefix}_last_run_success"),
             "1 if the last run succeeded, 0 if it failed or left entries for an operator",
-            i64::from(success && finished),
+            i64::from(success),
         );
         metrics.single(
             &format!("{prefix}_last_run_timestamp_seconds"),
             "When the last run ended, successful or not",
             now_unix,
         );
-        if finished {
+        if method == PushMethod::Replace {
             metrics.single(
                 &format!("{prefix}_last_success_timestamp_seconds"),
                 "When a run last finished its work and refreshed the other gauges of this job",
@@ -157,6 +149,22 @@ impl Pushgateway {
             tracing::warn!("{e:#}");
         }
     }
+}
+
+/// What a run has to report.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// The run finished its work: these gauges describe the state now, and replace the group
+    /// (PUT). `success` is false when it left something for an operator (exit code 8).
+    Finished {
+        /// The state after the run.
+        values: RunMetrics,
+        /// Whether nothing was left for an operator.
+        success: bool,
+    },
+    /// The run failed: these gauges (often none) are updated by name (POST); every other
+    /// gauge keeps the value of the last finished run.
+    Failed(RunMetrics),
 }
 
 /// How a push treats the metrics already in the group.
@@ -199,7 +207,7 @@ impl RunMetrics {
         self.gauge(name, help, [(Labels::new(), value)]);
     }
 
-    /// The text exposition (OpenMetrics text, which the Pushgateway's text parser reads: the
+    /// The text exposition (`OpenMetrics` text, which the Pushgateway's text parser reads: the
     /// `# EOF` line is a comment to it).
     #[must_use]
     pub fn encode(&self) -> String {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use job_support::config::{ConfigError, StoreConfig, parse_number, raw_from_vars};
+use job_support::metrics::Pushgateway;
 use serde::Deserialize;
 
 use crate::mapping::{Mapping, default_mappings, parse_mappings};
@@ -59,12 +60,15 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     /// Where to.
     pub target: TargetChoice,
+    /// Where run metrics go.
+    pub pushgateway: Option<Pushgateway>,
 }
 
 impl Config {
     /// Reads and validates the configuration; reads the mappings file.
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
+        let pushgateway = Pushgateway::from_vars(vars.clone(), "nas-sync")?;
         let raw: RawSyncConfig = raw_from_vars(vars)?;
         let mount = store.kv_mount().to_owned();
         let mappings = if let Some(path) = &raw.sync_mappings_file {
@@ -116,6 +120,7 @@ impl Config {
             mount,
             mappings,
             target,
+            pushgateway,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 mod config;
 mod mapping;
+mod metrics;
 mod sync;
 mod target;
 mod verify;
@@ -18,7 +19,7 @@ use pki_core::time::OffsetDateTime;
 use tracing::info;
 
 use crate::config::{Config, TargetChoice};
-use crate::sync::{SyncAction, sync_all};
+use crate::sync::{SyncAction, sync_each};
 use crate::target::{KubeTarget, ManifestTarget, SecretTarget};
 
 fn main() -> ExitCode {
@@ -56,14 +57,18 @@ async fn sync_with(
     store: &impl SecretStore,
     target: &impl SecretTarget,
 ) -> Result<()> {
-    let outcomes = sync_all(
-        store,
-        target,
-        &config.mount,
-        &config.mappings,
-        OffsetDateTime::now_utc(),
-    )
-    .await?;
+    let now = OffsetDateTime::now_utc();
+    let run = sync_each(store, target, &config.mount, &config.mappings, now).await;
+    if let Some(gateway) = &config.pushgateway {
+        gateway
+            .report_run(
+                metrics::PREFIX,
+                metrics::outcome(&run),
+                now.unix_timestamp(),
+            )
+            .await;
+    }
+    let outcomes = run.into_result()?;
     let writes = outcomes
         .iter()
         .filter(|o| o.action != SyncAction::Unchanged)
@@ -96,9 +101,10 @@ fn help() -> String {
          a Secret that already holds the data gets no write; one changed by hand is restored.\n\
          Without a cluster configured, it writes the Secret manifests instead (for GitOps).\n\n\
          USAGE:\n    nas-sync-job            (configured through environment variables)\n\n\
-         {}\n\n{}\n\n{}",
+         {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
         config::VARIABLES_HELP,
+        job_support::metrics::variables_help("nas-sync"),
         job_support::config::STORE_VARIABLES_HELP,
         Failure::TABLE
     )
