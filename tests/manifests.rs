@@ -713,3 +713,145 @@ fn the_alert_rules_pass_promtool_and_fire_on_sample_series() {
         assert!(ran.success, "{cluster}: {}", ran.all());
     }
 }
+
+/// The exit codes a job's `--help` documents, and what each means.
+fn documented_exit_codes(job: &str) -> BTreeMap<u64, String> {
+    let output = Command::new(job_bin(job)).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let table = help
+        .split("EXIT CODES:")
+        .nth(1)
+        .expect("--help has EXIT CODES");
+    table
+        .lines()
+        .filter_map(|l| {
+            let (code, text) = l.trim().split_once("  ")?;
+            Some((code.parse().ok()?, text.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Kubernetes retries a failed pod up to backoffLimit; a configuration or permission error
+/// fails the same way every time. Every Job and CronJob fails at once on the exit codes that
+/// cannot pass by retrying (as `--help` documents them), retries only 1 and 4, and ignores
+/// evictions. `podFailurePolicy` requires `restartPolicy: Never` (Kubernetes API validation,
+/// batch/v1 JobSpec).
+#[test]
+fn configuration_errors_are_never_retried() {
+    let images = images();
+    let mut jobs = 0;
+    for o in all_objects() {
+        let (Some(pod), Some(job)) = (pod_spec(&o), job_spec(&o)) else {
+            continue;
+        };
+        jobs += 1;
+        let at = label(&o);
+        assert_eq!(pod["restartPolicy"], "Never", "{at}");
+        let image = pod["containers"][0]["image"].as_str().unwrap();
+        let binary = &images
+            .iter()
+            .find(|(n, _)| image.starts_with(n.as_str()))
+            .unwrap()
+            .1;
+        let documented = documented_exit_codes(binary);
+        let rules = job["podFailurePolicy"]["rules"].as_array().unwrap();
+        let fail: BTreeSet<u64> = rules
+            .iter()
+            .filter(|r| r["action"] == "FailJob" && r["onExitCodes"]["operator"] == "In")
+            .flat_map(|r| r["onExitCodes"]["values"].as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(fail, BTreeSet::from([2, 3, 5, 6, 7, 8]), "{at}");
+        for code in &fail {
+            assert!(
+                documented.contains_key(code),
+                "{at}: {code} is not documented"
+            );
+        }
+        for retried in [1, 4] {
+            assert!(documented.contains_key(&retried) && !fail.contains(&retried));
+        }
+        assert!(
+            documented[&4].contains("unreachable") && documented[&2].contains("configuration"),
+            "{documented:?}"
+        );
+        assert!(
+            rules.iter().any(|r| r["action"] == "Ignore"
+                && r["onPodConditions"][0]["type"] == "DisruptionTarget"),
+            "{at}: evictions are ignored"
+        );
+    }
+    assert_eq!(jobs, 5);
+}
+
+/// A changed clients file reaches the cluster within minutes: the clients ConfigMap is
+/// generated with a content hash in its name, both the Job and the CronJob mount it, so a new
+/// file changes the Job's pod template and Flux recreates the Job (force annotation).
+#[test]
+fn a_changed_clients_file_reruns_the_client_issuer_job() {
+    let root = workspace_root();
+    let source = root.join("kubernetes/nas/security/client-issuer");
+    let render_with = |clients: Option<&str>| -> Vec<Value> {
+        let dir = Scratch::new();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            dir.write(&name, std::fs::read_to_string(&path).unwrap());
+        }
+        if let Some(clients) = clients {
+            dir.write("clients.yaml", clients);
+        }
+        crate::support::flux::render(dir.path())
+    };
+    let find = |objects: &[Value], kind: &str| -> Value {
+        let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0].clone()
+    };
+    let mounted = |pod: &Value| -> String {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v["configMap"]["name"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let before = render_with(None);
+    let after = render_with(Some(
+        "clients:\n  - name: admin\n    email: admin@home.arpa\n  - name: newuser\n    email: newuser@home.arpa\n",
+    ));
+    let mut names = Vec::new();
+    for objects in [&before, &after] {
+        let config_map = find(objects, "ConfigMap");
+        let name = config_map["metadata"]["name"].as_str().unwrap().to_owned();
+        assert!(name.starts_with("client-issuer-clients-"), "{name}");
+        let job = find(objects, "Job");
+        let cron = find(objects, "CronJob");
+        assert_eq!(mounted(&job["spec"]["template"]["spec"]), name);
+        assert_eq!(
+            mounted(&cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+            name
+        );
+        assert_eq!(
+            job["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"],
+            "enabled"
+        );
+        assert!(job["spec"]["ttlSecondsAfterFinished"].as_u64().unwrap() <= 86_400);
+        assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+        names.push((name, job["spec"]["template"].clone()));
+    }
+    assert_ne!(
+        names[0].0, names[1].0,
+        "the ConfigMap name follows its content"
+    );
+    assert_ne!(
+        names[0].1, names[1].1,
+        "the Job's pod template changes with the clients file"
+    );
+    // The same file renders the same names: no Job is recreated without a change.
+    assert_eq!(
+        find(&render_with(None), "ConfigMap")["metadata"]["name"],
+        find(&before, "ConfigMap")["metadata"]["name"]
+    );
+}
