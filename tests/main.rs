@@ -7,6 +7,7 @@ mod bootstrap;
 mod client_issuer;
 mod haproxy_consumers;
 mod images;
+mod key_algorithm;
 mod kube_auth;
 mod manifests;
 mod metrics;
