@@ -735,7 +735,7 @@ fn documented_exit_codes(job: &str) -> BTreeMap<u64, String> {
 /// fails the same way every time. Every Job and CronJob fails at once on the exit codes that
 /// cannot pass by retrying (as `--help` documents them), retries only 1 and 4, and ignores
 /// evictions. `podFailurePolicy` requires `restartPolicy: Never` (Kubernetes API validation,
-/// batch/v1 JobSpec).
+/// `batch/v1` `JobSpec`).
 #[test]
 fn configuration_errors_are_never_retried() {
     let images = images();
