@@ -246,7 +246,7 @@ fn every_pod_meets_the_restricted_standard_and_job_hygiene() {
             "{at}: a projected token for audience vault"
         );
     }
-    assert_eq!(pods, 5, "Jobs and CronJobs found");
+    assert_eq!(pods, 6, "Jobs and CronJobs found");
 }
 
 /// image name (`registry.home.arpa/homelab-pki/<name>`) -> the job binary its Dockerfile builds.
@@ -781,7 +781,7 @@ fn configuration_errors_are_never_retried() {
             "{at}: evictions are ignored"
         );
     }
-    assert_eq!(jobs, 5);
+    assert_eq!(jobs, 6);
 }
 
 /// A changed clients file reaches the cluster within minutes: the clients ConfigMap is
@@ -853,5 +853,64 @@ fn a_changed_clients_file_reruns_the_client_issuer_job() {
     assert_eq!(
         find(&render_with(None), "ConfigMap")["metadata"]["name"],
         find(&before, "ConfigMap")["metadata"]["name"]
+    );
+}
+
+/// What renews the Istio intermediates: bootstrap-job on a daily CronJob with the same
+/// container as the one-off Job (so the same role, store and renewal policy), not Flux
+/// re-creating the Job. The renewal itself is tested against OpenBao
+/// (`bootstrap::an_intermediate_due_for_renewal_is_reissued_and_the_root_kept`); the alert
+/// before expiry in `the_alert_rules_pass_promtool_and_fire_on_sample_series`.
+#[test]
+fn a_daily_cronjob_renews_the_intermediates() {
+    let objects = all_objects();
+    let find = |kind: &str| -> &Value {
+        let found: Vec<&Object> = objects
+            .iter()
+            .filter(|o| {
+                o.value["kind"] == kind
+                    && pod_spec(o).is_some_and(|p| {
+                        p["containers"][0]["image"]
+                            .as_str()
+                            .unwrap()
+                            .contains("/istio-ca-bootstrap:")
+                    })
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one bootstrap {kind}");
+        &found[0].value
+    };
+    let job = find("Job");
+    let cron = find("CronJob");
+    let fields: Vec<&str> = cron["spec"]["schedule"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields.len(), 5);
+    assert!(
+        fields[0].parse::<u8>().is_ok_and(|m| m < 60)
+            && fields[1].parse::<u8>().is_ok_and(|h| h < 24)
+            && fields[2..] == ["*", "*", "*"],
+        "daily: {fields:?}"
+    );
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(
+        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"],
+        job["spec"]["template"]["spec"]["containers"],
+        "the CronJob runs what the Job runs"
+    );
+    assert!(
+        cron["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"].is_null(),
+        "a CronJob is updated in place"
+    );
+    let help = Command::new(job_bin("bootstrap-job"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("RENEW_LIFETIME_PERCENT") && help.contains("due for renewal"),
+        "{help}"
     );
 }
