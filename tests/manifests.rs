@@ -914,3 +914,51 @@ fn a_daily_cronjob_renews_the_intermediates() {
         "{help}"
     );
 }
+
+/// Each cluster ships a Grafana dashboard the kube-prometheus-stack sidecar loads (label
+/// `grafana_dashboard: "1"`): valid JSON with days left per certificate and CA, the last
+/// successful run per job, and (NAS) the CRL's nextUpdate and the drift found. That its
+/// queries use only pushed metrics is checked in `metrics::`.
+#[test]
+fn each_cluster_ships_a_dashboard() {
+    let all = flux_kustomizations();
+    for (cluster, needles) in [
+        (
+            "homelab",
+            &[
+                "istio_ca_bootstrap_intermediate_expiry",
+                "istio_ca_bootstrap_root_expiry",
+                "istio_ca_bootstrap_last_success",
+            ][..],
+        ),
+        (
+            "nas",
+            &[
+                "client_issuer_client_cert_expiry",
+                "client_issuer_ca_expiry",
+                "client_issuer_crl_next_update",
+                "client_issuer_last_success",
+                "nas_sync_last_success",
+                "nas_sync_last_run_drift_found",
+            ][..],
+        ),
+    ] {
+        let dashboards: Vec<&Value> = all
+            .iter()
+            .filter(|k| k.cluster == cluster)
+            .flat_map(|k| &k.objects)
+            .filter(|o| {
+                o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1"
+            })
+            .collect();
+        assert_eq!(dashboards.len(), 1, "{cluster}");
+        let text = dashboards[0]["data"]["pki-dashboard.json"]
+            .as_str()
+            .unwrap();
+        let dashboard: Value = serde_json::from_str(text).unwrap();
+        assert!(dashboard["uid"].is_string() && dashboard["panels"].is_array());
+        for needle in needles {
+            assert!(text.contains(needle), "{cluster}: no panel on {needle}");
+        }
+    }
+}
