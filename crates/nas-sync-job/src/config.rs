@@ -22,10 +22,13 @@ SYNC:
     SYNC_CLUSTER         cluster name of the default mapping  [nas]
     SYNC_TARGET          kubernetes | directory | stdout  [kubernetes when KUBERNETES_SERVICE_HOST or KUBECONFIG is set, else directory]
     SYNC_OUTPUT_DIR      where the directory target writes Secret manifests (mode 0600)  [./.pki-sync]
+    SYNC_PLAINTEXT_KEYS  allow: the directory and stdout targets may write a private key in the
+                         clear (keep it out of Git); unset: such a Secret is refused (exit 2)
     KUBE_MAX_ATTEMPTS    attempts per Kubernetes request on connection errors and 5xx  [4]";
 
 #[derive(Debug, Default, Deserialize)]
 struct RawSyncConfig {
+    sync_plaintext_keys: Option<String>,
     sync_mappings_file: Option<String>,
     sync_cluster: Option<String>,
     sync_target: Option<String>,
@@ -62,6 +65,8 @@ pub struct Config {
     pub target: TargetChoice,
     /// Where run metrics go.
     pub pushgateway: Option<Pushgateway>,
+    /// `SYNC_PLAINTEXT_KEYS=allow`: manifests may carry private keys.
+    pub plaintext_keys: bool,
 }
 
 impl Config {
@@ -103,6 +108,16 @@ impl Config {
             1..=20,
         )? as u32;
         let dir = PathBuf::from(raw.sync_output_dir.as_deref().unwrap_or("./.pki-sync"));
+        let plaintext_keys = match raw.sync_plaintext_keys.as_deref() {
+            None => false,
+            Some("allow") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SYNC_PLAINTEXT_KEYS",
+                    format!("'{other}' is not 'allow' (unset it to refuse plaintext keys)"),
+                ));
+            }
+        };
         let target = match raw.sync_target.as_deref() {
             Some("kubernetes") => TargetChoice::Kubernetes { max_attempts },
             Some("stdout") => TargetChoice::Stdout,
@@ -121,6 +136,7 @@ impl Config {
             mappings,
             target,
             pushgateway,
+            plaintext_keys,
         })
     }
 }

@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::config::{Config, TargetChoice};
 use crate::sync::{SyncAction, sync_each};
-use crate::target::{KubeTarget, ManifestTarget, SecretTarget};
+use crate::target::{KubeTarget, ManifestPlace, ManifestTarget, SecretTarget};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,9 +46,19 @@ async fn run(config: &Config) -> Result<()> {
             sync_with(config, &store, &target).await
         }
         TargetChoice::Directory(dir) => {
-            sync_with(config, &store, &ManifestTarget::Directory(dir.clone())).await
+            let target = ManifestTarget {
+                place: ManifestPlace::Directory(dir.clone()),
+                plaintext_keys: config.plaintext_keys,
+            };
+            sync_with(config, &store, &target).await
         }
-        TargetChoice::Stdout => sync_with(config, &store, &ManifestTarget::Stdout).await,
+        TargetChoice::Stdout => {
+            let target = ManifestTarget {
+                place: ManifestPlace::Stdout,
+                plaintext_keys: config.plaintext_keys,
+            };
+            sync_with(config, &store, &target).await
+        }
     }
 }
 
@@ -99,7 +109,8 @@ fn help() -> String {
          Mirrors CA bundles from Vault KV into Kubernetes Secrets with server-side apply (field\n\
          manager nas-sync-job). Each bundle is verified first (an invalid one is never applied);\n\
          a Secret that already holds the data gets no write; one changed by hand is restored.\n\
-         Without a cluster configured, it writes the Secret manifests instead (for GitOps).\n\n\
+         Without a cluster configured, it writes the Secret manifests instead; a Secret holding a\n\
+         private key only with SYNC_PLAINTEXT_KEYS=allow.\n\n\
          USAGE:\n    nas-sync-job            (configured through environment variables)\n\n\
          {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
