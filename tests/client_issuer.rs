@@ -284,18 +284,60 @@ fn metrics_reach_a_real_pushgateway() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_exit(&s.run(&[("PUSHGATEWAY_URL", &url)]), 0);
-    let text = metrics().ok().stdout;
+    let good = metrics().ok().stdout;
+    // A failed run (an unreadable clients file) replaces only the run gauges: the expiry
+    // and CRL gauges of the good run stay, and so do the alerts on them.
+    s.clients("clients: {");
+    assert_exit(&s.run(&[("PUSHGATEWAY_URL", &url)]), 2);
+    let failed = metrics().ok().stdout;
+    // `report` has no run to report and pushes nothing.
+    let clients = s.dir.path().join("clients.yaml");
+    let report = crate::support::jobs::wait_job(crate::support::jobs::spawn_job_with_args(
+        JOB,
+        &["report"],
+        &[
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+            ("CLIENTS_FILE", clients.to_str().unwrap()),
+            ("PUSHGATEWAY_URL", &url),
+        ],
+        s.dir.path(),
+    ));
+    assert_exit(&report, 0);
+    let after_report = metrics().ok().stdout;
     let _ = gateway.kill();
     let _ = gateway.wait();
-    for expected in [
-        "client_issuer_last_run_success{instance=\"\",job=\"client-issuer\"} 1",
+    let kept = [
         "client_issuer_client_cert_expiry_timestamp_seconds{client=\"alice\",instance=\"\",job=\"client-issuer\",status=\"active\"}",
         "client_issuer_ca_expiry_timestamp_seconds{instance=\"\",job=\"client-issuer\"}",
         "client_issuer_crl_next_update_timestamp_seconds{instance=\"\",job=\"client-issuer\"}",
         "client_issuer_last_run_clients{action=\"issued\",instance=\"\",job=\"client-issuer\"} 2",
-    ] {
-        assert!(text.contains(expected), "missing {expected}:\n{text}");
+        "client_issuer_last_success_timestamp_seconds{instance=\"\",job=\"client-issuer\"}",
+        "push_time_seconds{instance=\"\",job=\"client-issuer\"}",
+    ];
+    for expected in kept {
+        assert!(good.contains(expected), "missing {expected}:\n{good}");
+        let line = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with(expected))
+                .map(str::to_owned)
+        };
+        if !expected.starts_with("push_time") {
+            assert_eq!(line(&failed), line(&good), "{expected} changed:\n{failed}");
+        }
     }
+    assert!(good.contains("client_issuer_last_run_success{instance=\"\",job=\"client-issuer\"} 1"));
+    assert!(
+        failed.contains("client_issuer_last_run_success{instance=\"\",job=\"client-issuer\"} 0"),
+        "{failed}"
+    );
+    let group = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("job=\"client-issuer\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(group(&after_report), group(&failed));
 }
 
 #[test]

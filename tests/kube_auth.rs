@@ -269,7 +269,7 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
     let mut pods = c.pods();
     // The CA first: the NAS sync mirrors what the bootstrap Job wrote.
     pods.sort_by_key(|(cluster, _)| *cluster != "homelab");
-    assert_eq!(pods.len(), 5, "Jobs and CronJobs");
+    assert_eq!(pods.len(), 6, "Jobs and CronJobs");
     for (cluster, pod) in &pods {
         let work = Scratch::new();
         let run = c.run_as_pod_spec(cluster, pod, work.path());
@@ -279,10 +279,11 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
             pod["kind"], pod["metadata"]["name"], run.stderr
         );
     }
-    // Four logins reviewed by the NAS cluster (two sync pods, two issuer pods), one by the
-    // homelab cluster, every review made by the reviewer and answered.
+    // Four logins reviewed by the NAS cluster (two sync pods, two issuer pods), two by the
+    // homelab cluster (the bootstrap Job and the renewal CronJob), every review made by the
+    // reviewer and answered.
     assert_eq!(c.apis["nas"].token_review_codes(), [201; 4]);
-    assert_eq!(c.apis["homelab"].token_review_codes(), [201]);
+    assert_eq!(c.apis["homelab"].token_review_codes(), [201; 2]);
     let cacerts = c.apis["nas"].secret("istio-system", "cacerts").unwrap();
     assert_eq!(
         cacerts.data.keys().collect::<Vec<_>>(),
@@ -340,7 +341,7 @@ fn every_job_and_the_eso_store_log_in_as_their_manifests_say() {
             .success,
         "the SecretStore's role cannot read the homelab bundle"
     );
-    assert_eq!(c.apis["homelab"].token_review_codes(), [201, 201]);
+    assert_eq!(c.apis["homelab"].token_review_codes(), [201; 3]);
 }
 
 /// The bootstrap Job's own token, as its pod would get it.

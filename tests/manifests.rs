@@ -246,7 +246,7 @@ fn every_pod_meets_the_restricted_standard_and_job_hygiene() {
             "{at}: a projected token for audience vault"
         );
     }
-    assert_eq!(pods, 5, "Jobs and CronJobs found");
+    assert_eq!(pods, 6, "Jobs and CronJobs found");
 }
 
 /// image name (`registry.home.arpa/homelab-pki/<name>`) -> the job binary its Dockerfile builds.
@@ -665,28 +665,300 @@ fn the_sync_role_may_write_only_cacerts() {
     assert_eq!(rules[0]["verbs"], serde_json::json!(["get", "patch"]));
 }
 
+/// Each cluster's PrometheusRule sits where that cluster's Pushgateway is scraped, carries
+/// the `release` label kube-prometheus-stack selects rules by, passes `promtool check`, and
+/// its unit tests (tests/prometheus/<cluster>-rules.test.yaml) show each alert firing and
+/// staying silent.
 #[test]
 fn the_alert_rules_pass_promtool_and_fire_on_sample_series() {
-    let rule = all_objects()
-        .into_iter()
-        .find(|o| o.value["kind"] == "PrometheusRule")
-        .expect("the PrometheusRule");
-    let dir = Scratch::new();
-    dir.write(
-        "rules.yaml",
-        serde_norway::to_string(&serde_json::json!({"groups": rule.value["spec"]["groups"]}))
-            .unwrap(),
+    let all = flux_kustomizations();
+    for cluster in ["homelab", "nas"] {
+        let rules: Vec<&Value> = all
+            .iter()
+            .filter(|k| k.cluster == cluster)
+            .flat_map(|k| &k.objects)
+            .filter(|o| o["kind"] == "PrometheusRule")
+            .collect();
+        assert_eq!(rules.len(), 1, "{cluster}: one PrometheusRule");
+        let rule = rules[0];
+        assert_eq!(
+            rule["metadata"]["labels"]["release"], "kube-prometheus-stack",
+            "{cluster}: the release label"
+        );
+        let dir = Scratch::new();
+        dir.write(
+            "rules.yaml",
+            serde_norway::to_string(&serde_json::json!({"groups": rule["spec"]["groups"]}))
+                .unwrap(),
+        );
+        let check = run("promtool", &["check", "rules", "rules.yaml"], dir.path());
+        assert!(check.success, "{cluster}: {}", check.all());
+        let file = format!("{cluster}-rules.test.yaml");
+        let tests =
+            std::fs::read_to_string(workspace_root().join("tests/prometheus").join(&file)).unwrap();
+        // Every alert of the rule has a test that fires it and one that expects silence.
+        for alert in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+            let name = alert["alert"].as_str().unwrap();
+            let fired = tests.contains(&format!(
+                "alertname: {name}\n        exp_alerts:\n          - "
+            ));
+            let silent = tests.contains(&format!("alertname: {name}, exp_alerts: []"));
+            assert!(
+                fired && silent,
+                "{file}: {name} fired {fired}, silent {silent}"
+            );
+        }
+        dir.write(&file, tests);
+        let ran = run("promtool", &["test", "rules", &file], dir.path());
+        assert!(ran.success, "{cluster}: {}", ran.all());
+    }
+}
+
+/// The exit codes a job's `--help` documents, and what each means.
+fn documented_exit_codes(job: &str) -> BTreeMap<u64, String> {
+    let output = Command::new(job_bin(job)).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let table = help
+        .split("EXIT CODES:")
+        .nth(1)
+        .expect("--help has EXIT CODES");
+    table
+        .lines()
+        .filter_map(|l| {
+            let (code, text) = l.trim().split_once("  ")?;
+            Some((code.parse().ok()?, text.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Kubernetes retries a failed pod up to backoffLimit; a configuration or permission error
+/// fails the same way every time. Every Job and CronJob fails at once on the exit codes that
+/// cannot pass by retrying (as `--help` documents them), retries only 1 and 4, and ignores
+/// evictions. `podFailurePolicy` requires `restartPolicy: Never` (Kubernetes API validation,
+/// `batch/v1` `JobSpec`).
+#[test]
+fn configuration_errors_are_never_retried() {
+    let images = images();
+    let mut jobs = 0;
+    for o in all_objects() {
+        let (Some(pod), Some(job)) = (pod_spec(&o), job_spec(&o)) else {
+            continue;
+        };
+        jobs += 1;
+        let at = label(&o);
+        assert_eq!(pod["restartPolicy"], "Never", "{at}");
+        let image = pod["containers"][0]["image"].as_str().unwrap();
+        let binary = &images
+            .iter()
+            .find(|(n, _)| image.starts_with(n.as_str()))
+            .unwrap()
+            .1;
+        let documented = documented_exit_codes(binary);
+        let rules = job["podFailurePolicy"]["rules"].as_array().unwrap();
+        let fail: BTreeSet<u64> = rules
+            .iter()
+            .filter(|r| r["action"] == "FailJob" && r["onExitCodes"]["operator"] == "In")
+            .flat_map(|r| r["onExitCodes"]["values"].as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(fail, BTreeSet::from([2, 3, 5, 6, 7, 8]), "{at}");
+        for code in &fail {
+            assert!(
+                documented.contains_key(code),
+                "{at}: {code} is not documented"
+            );
+        }
+        for retried in [1, 4] {
+            assert!(documented.contains_key(&retried) && !fail.contains(&retried));
+        }
+        assert!(
+            documented[&4].contains("unreachable") && documented[&2].contains("configuration"),
+            "{documented:?}"
+        );
+        assert!(
+            rules.iter().any(|r| r["action"] == "Ignore"
+                && r["onPodConditions"][0]["type"] == "DisruptionTarget"),
+            "{at}: evictions are ignored"
+        );
+    }
+    assert_eq!(jobs, 6);
+}
+
+/// A changed clients file reaches the cluster within minutes: the clients ConfigMap is
+/// generated with a content hash in its name, both the Job and the CronJob mount it, so a new
+/// file changes the Job's pod template and Flux recreates the Job (force annotation).
+#[test]
+fn a_changed_clients_file_reruns_the_client_issuer_job() {
+    let root = workspace_root();
+    let source = root.join("kubernetes/nas/security/client-issuer");
+    let render_with = |clients: Option<&str>| -> Vec<Value> {
+        let dir = Scratch::new();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            dir.write(&name, std::fs::read_to_string(&path).unwrap());
+        }
+        if let Some(clients) = clients {
+            dir.write("clients.yaml", clients);
+        }
+        crate::support::flux::render(dir.path())
+    };
+    let find = |objects: &[Value], kind: &str| -> Value {
+        let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0].clone()
+    };
+    let mounted = |pod: &Value| -> String {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v["configMap"]["name"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let before = render_with(None);
+    let after = render_with(Some(
+        "clients:\n  - name: admin\n    email: admin@home.arpa\n  - name: newuser\n    email: newuser@home.arpa\n",
+    ));
+    let mut names = Vec::new();
+    for objects in [&before, &after] {
+        let config_map = find(objects, "ConfigMap");
+        let name = config_map["metadata"]["name"].as_str().unwrap().to_owned();
+        assert!(name.starts_with("client-issuer-clients-"), "{name}");
+        let job = find(objects, "Job");
+        let cron = find(objects, "CronJob");
+        assert_eq!(mounted(&job["spec"]["template"]["spec"]), name);
+        assert_eq!(
+            mounted(&cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+            name
+        );
+        assert_eq!(
+            job["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"],
+            "enabled"
+        );
+        assert!(job["spec"]["ttlSecondsAfterFinished"].as_u64().unwrap() <= 86_400);
+        assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+        names.push((name, job["spec"]["template"].clone()));
+    }
+    assert_ne!(
+        names[0].0, names[1].0,
+        "the ConfigMap name follows its content"
     );
-    let check = run("promtool", &["check", "rules", "rules.yaml"], dir.path());
-    assert!(check.success, "{}", check.all());
-    let tests =
-        std::fs::read_to_string(workspace_root().join("tests/prometheus/pki-rules.test.yaml"))
+    assert_ne!(
+        names[0].1, names[1].1,
+        "the Job's pod template changes with the clients file"
+    );
+    // The same file renders the same names: no Job is recreated without a change.
+    assert_eq!(
+        find(&render_with(None), "ConfigMap")["metadata"]["name"],
+        find(&before, "ConfigMap")["metadata"]["name"]
+    );
+}
+
+/// What renews the Istio intermediates: bootstrap-job on a daily CronJob with the same
+/// container as the one-off Job (so the same role, store and renewal policy), not Flux
+/// re-creating the Job. The renewal itself is tested against OpenBao
+/// (`bootstrap::an_intermediate_due_for_renewal_is_reissued_and_the_root_kept`); the alert
+/// before expiry in `the_alert_rules_pass_promtool_and_fire_on_sample_series`.
+#[test]
+fn a_daily_cronjob_renews_the_intermediates() {
+    let objects = all_objects();
+    let find = |kind: &str| -> &Value {
+        let found: Vec<&Object> = objects
+            .iter()
+            .filter(|o| {
+                o.value["kind"] == kind
+                    && pod_spec(o).is_some_and(|p| {
+                        p["containers"][0]["image"]
+                            .as_str()
+                            .unwrap()
+                            .contains("/istio-ca-bootstrap:")
+                    })
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one bootstrap {kind}");
+        &found[0].value
+    };
+    let job = find("Job");
+    let cron = find("CronJob");
+    let fields: Vec<&str> = cron["spec"]["schedule"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields.len(), 5);
+    assert!(
+        fields[0].parse::<u8>().is_ok_and(|m| m < 60)
+            && fields[1].parse::<u8>().is_ok_and(|h| h < 24)
+            && fields[2..] == ["*", "*", "*"],
+        "daily: {fields:?}"
+    );
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    assert_eq!(
+        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"],
+        job["spec"]["template"]["spec"]["containers"],
+        "the CronJob runs what the Job runs"
+    );
+    assert!(
+        cron["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/force"].is_null(),
+        "a CronJob is updated in place"
+    );
+    let help = Command::new(job_bin("bootstrap-job"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("RENEW_LIFETIME_PERCENT") && help.contains("due for renewal"),
+        "{help}"
+    );
+}
+
+/// Each cluster ships a Grafana dashboard the kube-prometheus-stack sidecar loads (label
+/// `grafana_dashboard: "1"`): valid JSON with days left per certificate and CA, the last
+/// successful run per job, and (NAS) the CRL's nextUpdate and the drift found. That its
+/// queries use only pushed metrics is checked in `metrics::`.
+#[test]
+fn each_cluster_ships_a_dashboard() {
+    let all = flux_kustomizations();
+    for (cluster, needles) in [
+        (
+            "homelab",
+            &[
+                "istio_ca_bootstrap_intermediate_expiry",
+                "istio_ca_bootstrap_root_expiry",
+                "istio_ca_bootstrap_last_success",
+            ][..],
+        ),
+        (
+            "nas",
+            &[
+                "client_issuer_client_cert_expiry",
+                "client_issuer_ca_expiry",
+                "client_issuer_crl_next_update",
+                "client_issuer_last_success",
+                "nas_sync_last_success",
+                "nas_sync_last_run_drift_found",
+            ][..],
+        ),
+    ] {
+        let dashboards: Vec<&Value> = all
+            .iter()
+            .filter(|k| k.cluster == cluster)
+            .flat_map(|k| &k.objects)
+            .filter(|o| {
+                o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1"
+            })
+            .collect();
+        assert_eq!(dashboards.len(), 1, "{cluster}");
+        let text = dashboards[0]["data"]["pki-dashboard.json"]
+            .as_str()
             .unwrap();
-    dir.write("pki-rules.test.yaml", tests);
-    let ran = run(
-        "promtool",
-        &["test", "rules", "pki-rules.test.yaml"],
-        dir.path(),
-    );
-    assert!(ran.success, "{}", ran.all());
+        let dashboard: Value = serde_json::from_str(text).unwrap();
+        assert!(dashboard["uid"].is_string() && dashboard["panels"].is_array());
+        for needle in needles {
+            assert!(text.contains(needle), "{cluster}: no panel on {needle}");
+        }
+    }
 }

@@ -317,19 +317,47 @@ fn kubernetes_login_through_the_nas_cluster() {
     assert!(!run.stderr.contains(&jwt));
 }
 
+/// Without a cluster it writes manifests, but a CA key in the clear only when the operator
+/// says so: these files are meant for Git.
 #[test]
 fn without_a_cluster_it_writes_manifests() {
     let s = Setup::new();
     let out = s.dir.path().join("manifests");
-    let run = run_job(
-        JOB,
-        &[
+    let sync = |extra: &[(&str, &str)], target: &str| {
+        let mut vars = vec![
             ("VAULT_ADDR", s.bao.addr.as_str()),
             ("VAULT_TOKEN", ROOT_TOKEN),
             ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
-        ],
-        s.dir.path(),
+            ("SYNC_TARGET", target),
+        ];
+        vars.extend_from_slice(extra);
+        run_job(JOB, &vars, s.dir.path())
+    };
+    for target in ["directory", "stdout"] {
+        let refused = sync(&[], target);
+        assert_exit(&refused, 2);
+        assert!(
+            refused.error().contains(&format!(
+                "refusing to write istio-system/cacerts to manifests {}: 'ca-key.pem' holds a \
+                 private key, which a manifest carries in the clear; sync to the cluster \
+                 (SYNC_TARGET=kubernetes), or set SYNC_PLAINTEXT_KEYS=allow and keep the output out of Git",
+                if target == "stdout" { "on standard output".to_owned() } else { format!("in {}", out.display()) }
+            )),
+            "{}",
+            refused.error()
+        );
+        assert!(!refused.stdout.contains("PRIVATE KEY"));
+        assert!(!out.exists(), "nothing was written");
+    }
+    let bad = sync(&[("SYNC_PLAINTEXT_KEYS", "yes")], "directory");
+    assert_exit(&bad, 2);
+    assert!(
+        bad.error()
+            .contains("invalid SYNC_PLAINTEXT_KEYS: 'yes' is not 'allow'")
     );
+
+    let allow = [("SYNC_PLAINTEXT_KEYS", "allow")];
+    let run = sync(&allow, "directory");
     assert_exit(&run, 0);
     let file = out.join("istio-system.cacerts.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
@@ -341,20 +369,19 @@ fn without_a_cluster_it_writes_manifests() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let again = run_job(
-        JOB,
-        &[
-            ("VAULT_ADDR", s.bao.addr.as_str()),
-            ("VAULT_TOKEN", ROOT_TOKEN),
-            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
-        ],
-        s.dir.path(),
-    );
+    let again = sync(&allow, "directory");
     assert_exit(&again, 0);
     assert_eq!(
         again.messages().last().unwrap(),
         "secrets in sync; nothing to do"
     );
+    // The default output directory is kept out of Git.
+    let ignored = std::process::Command::new("git")
+        .args(["check-ignore", "-q", ".pki-sync/istio-system.cacerts.yaml"])
+        .current_dir(workspace_root())
+        .status()
+        .unwrap();
+    assert!(ignored.success(), ".pki-sync is not in .gitignore");
 }
 
 /// The fake API server refuses what the real one refuses, so the tests above cannot pass

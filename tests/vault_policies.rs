@@ -232,3 +232,87 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
         None
     );
 }
+
+/// `vault/setup.sh` run from another directory with file arguments relative to it, twice
+/// (idempotent); then the seed's user step: a user logged in through any auth method (here
+/// userpass) whose identity entity is named after their client reads their own bundle with
+/// `vault kv get -field=p12`, and no one else's.
+#[test]
+fn each_user_reads_only_their_own_bundle() {
+    let clusters = Clusters::new();
+    let bao = OpenBao::start();
+    let script = workspace_root().join("vault/setup.sh");
+    let dir = clusters.dir.path().display();
+    let from_elsewhere = format!(
+        "cd {dir} && HOMELAB_AUTH=jwt NAS_AUTH=jwt HOMELAB_JWT_KEYS_FILE=homelab.pub \
+         NAS_JWT_KEYS_FILE=nas.pub {} nas",
+        script.display()
+    );
+    bao.shell(&from_elsewhere).ok();
+    bao.shell(&from_elsewhere).ok();
+
+    let clients = clusters.dir.write(
+        "clients.yaml",
+        "clients:\n  - name: alice\n    email: alice@example.org\n  - name: bob\n    email: bob@example.org\n",
+    );
+    let issued = run_job(
+        "client-issuer-job",
+        &[
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
+            ("CLIENTS_FILE", clients.to_str().unwrap()),
+        ],
+        clusters.dir.path(),
+    );
+    assert_eq!(issued.code, 0, "{}", issued.stderr);
+
+    // The operator's step per user (README): an entity named after the client, carrying the
+    // policy, and an alias tying the user's login to it.
+    bao.shell(
+        "vault auth enable userpass >/dev/null
+         accessor=$(vault read -field=accessor sys/auth/userpass)
+         for user in alice bob mallory; do
+           vault write auth/userpass/users/$user password=pw-$user >/dev/null
+           id=$(vault write -field=id identity/entity name=$user policies=pki-client-self)
+           vault write identity/entity-alias name=$user canonical_id=$id mount_accessor=$accessor >/dev/null
+         done",
+    )
+    .ok();
+    let fetch = |user: &str, entry: &str| {
+        bao.shell(&format!(
+            "VAULT_TOKEN=$(vault login -token-only -method=userpass username={user} password=pw-{user}) \
+             vault kv get -field=p12 secret/pki/clients/{entry}"
+        ))
+    };
+    let own = fetch("alice", "alice");
+    assert!(own.success, "{}", own.stderr);
+    assert_eq!(
+        own.stdout.trim(),
+        bao.kv_field("pki/clients/alice", "p12").trim()
+    );
+    assert!(fetch("bob", "bob").success);
+    for (user, entry) in [("alice", "bob"), ("bob", "alice"), ("mallory", "alice")] {
+        let denied = fetch(user, entry);
+        assert!(!denied.success, "{user} read {entry}");
+        assert!(
+            denied.stderr.contains("permission denied"),
+            "{}",
+            denied.stderr
+        );
+    }
+    assert!(
+        !bao.shell("VAULT_TOKEN=$(vault login -token-only -method=userpass username=alice password=pw-alice) vault kv get secret/pki/issuer").success
+    );
+
+    // Without a Vault CLI on PATH it says so and stops, before touching anything.
+    let bare = bao.shell(&format!(
+        "cd {dir} && PATH=/usr/bin:/bin; export PATH; {} nas",
+        script.display()
+    ));
+    assert!(!bare.success);
+    assert!(
+        bare.stderr.contains("neither vault nor bao is on PATH"),
+        "{}",
+        bare.stderr
+    );
+}

@@ -4,7 +4,8 @@
 # account. Run it once per Vault with VAULT_ADDR and an admin VAULT_TOKEN:
 #
 #   vault/setup.sh homelab   # the homelab Vault: Istio CA (bootstrap, homelab reader, NAS sync)
-#   vault/setup.sh nas       # the NAS Vault: client PKI (client issuer, ESO reader token policy)
+#   vault/setup.sh nas       # the NAS Vault: client PKI (client issuer, ESO reader token policy,
+#                            # each user's read of their own bundle)
 #
 # Each cluster authenticates through its own mount, Kubernetes auth by default: in the homelab
 # Vault `kubernetes` (homelab) and `kubernetes-nas` (NAS cluster), or `jwt`/`jwt-nas`; in the
@@ -31,10 +32,17 @@
 #   JWT_ISSUER                     expected iss of service-account tokens
 #                                  [https://kubernetes.default.svc.cluster.local]
 #   TOKEN_AUDIENCE                 audience the projected tokens carry  [vault]
+#
+# File arguments are read relative to the directory it is run from; the policies come from
+# the script's own directory. Safe to run again: every step writes the same configuration.
 set -euo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
 site=${1:?usage: setup.sh homelab|nas}
-cli=${VAULT_CLI:-$(command -v vault || command -v bao)}
+cli=${VAULT_CLI:-$(command -v vault || command -v bao || true)}
+if [ -z "$cli" ] || ! command -v "$cli" >/dev/null; then
+  echo "setup.sh: neither vault nor bao is on PATH (or set VAULT_CLI to the CLI to use)" >&2
+  exit 127
+fi
 audience=${TOKEN_AUDIENCE:-vault}
 issuer=${JWT_ISSUER:-https://kubernetes.default.svc.cluster.local}
 
@@ -89,7 +97,7 @@ role() {
   fi
 }
 
-policy() { $cli policy write "$1" "policies/$1.hcl" >/dev/null; }
+policy() { $cli policy write "$1" "$here/policies/$1.hcl" >/dev/null; }
 
 case $site in
   homelab)
@@ -101,7 +109,9 @@ case $site in
     role "$mount" "$method" istio-ca-sync istio-system istio-ca-sync istio-ca-sync-nas
     ;;
   nas)
-    for p in client-issuer eso-pki-reader; do policy "$p"; done
+    # pki-client-self: each user reads their own secret/pki/clients/<user> (attach it to the
+    # user's identity entity, named after the client; README "Users fetch their own bundle").
+    for p in client-issuer eso-pki-reader pki-client-self; do policy "$p"; done
     read -r mount method < <(auth_mount nas "")
     role "$mount" "$method" client-issuer pki client-issuer client-issuer
     # The homelab cluster's ClusterSecretStore nas-vault reads with a token, as in the seed:

@@ -12,4 +12,5 @@ pub mod kube_rbac;
 pub mod openbao;
 pub mod openbao_raft;
 pub mod proxy;
+pub mod pushgateway;
 pub mod tools;

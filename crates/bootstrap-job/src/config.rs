@@ -8,6 +8,7 @@ use job_support::config::{
     ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
     renewal_policy,
 };
+use job_support::metrics::Pushgateway;
 use pki_core::istio::IstioCaParams;
 use pki_core::time::Duration;
 use serde::Deserialize;
@@ -59,12 +60,15 @@ pub struct Config {
     pub store: StoreConfig,
     /// What the state should be.
     pub plan: Plan,
+    /// Where run metrics go.
+    pub pushgateway: Option<Pushgateway>,
 }
 
 impl Config {
     /// Reads and validates the configuration from `vars`.
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
+        let pushgateway = Pushgateway::from_vars(vars.clone(), "istio-ca-bootstrap")?;
         let raw: RawBootstrapConfig = raw_from_vars(vars)?;
         let mount = store.kv_mount().to_owned();
         let root_path = kv_path("ISTIO_CA_PATH", raw.istio_ca_path, "istio/ca")?;
@@ -129,6 +133,7 @@ impl Config {
                 ca,
                 renewal,
             },
+            pushgateway,
         })
     }
 }

@@ -102,7 +102,14 @@ pub async fn converge(
 
     let mut root_created = false;
     let (root, root_layout) = if let Some(entry) = &root_entry {
-        verify_root(entry, &root_label, now)?
+        let (root, layout) = verify_root(entry, &root_label, now)?;
+        job_support::config::report_kept_key_algorithm(
+            "ISTIO_KEY_ALGORITHM",
+            plan.ca.key_algorithm,
+            &root.key,
+            &root_label,
+        );
+        (root, layout)
     } else {
         if let Some((cluster, _)) = stored.iter().find(|(_, e)| e.is_some()) {
             return Err(InvalidState {

@@ -5,6 +5,7 @@
 
 mod config;
 mod converge;
+mod metrics;
 mod plan;
 mod root_entry;
 mod rotation;
@@ -38,11 +39,11 @@ fn main() -> ExitCode {
         help,
         || Config::from_vars(std::env::vars().collect()),
         |config| &config.store,
-        |config| block_on(run(config)),
+        |config| block_on(async { metrics::reported(config, run(config).await).await }),
     )
 }
 
-async fn run(config: &Config) -> Result<()> {
+async fn run(config: &Config) -> Result<converge::Outcome> {
     let store = config.store.open().await?;
     let outcome = converge(&store, &config.plan, OffsetDateTime::now_utc()).await?;
     let clusters: Vec<String> = outcome
@@ -65,7 +66,7 @@ async fn run(config: &Config) -> Result<()> {
         writes = outcome.writes(),
         "{message}"
     );
-    Ok(())
+    Ok(outcome)
 }
 
 fn action_name(action: ClusterAction) -> String {
@@ -166,9 +167,10 @@ fn help() -> String {
          adopted as it is.\n\n\
          USAGE:\n    bootstrap-job            (configured through environment variables)\n    \
          bootstrap-job rotate ... (moves the clusters to the root in stages; see rotate --help)\n\n\
-         {}\n\n{}\n\n{}",
+         {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
         config::VARIABLES_HELP,
+        job_support::metrics::variables_help("istio-ca-bootstrap"),
         job_support::config::STORE_VARIABLES_HELP,
         Failure::TABLE
     )

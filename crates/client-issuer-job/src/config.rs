@@ -7,6 +7,7 @@ use job_support::config::{
     ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
     renewal_policy,
 };
+use job_support::metrics::Pushgateway;
 use pki_core::time::Duration;
 use pki_core::{Certificate, Crl, KeyAlgorithm, Pkcs12Profile, RenewalPolicy};
 use serde::Deserialize;
@@ -36,9 +37,7 @@ CLIENT PKI:
     LEGACY_CRL_FILES         comma-separated PEM CRL files, one per legacy CA (required with LEGACY_CA_FILES)
     REVOKE_MAX_PERCENT       refuse a run that would revoke more than this share of active clients  [50]
     REVOKE_MAX_COUNT         ... or more than this many  [10]
-    ALLOW_MASS_REVOCATION    true: allow one run past both limits (or allow_revoke_all: true in the file)
-    PUSHGATEWAY_URL          push run metrics to this Prometheus Pushgateway, e.g. http://pushgateway:9091
-    PUSHGATEWAY_JOB          job label of the pushed metrics  [client-issuer]";
+    ALLOW_MASS_REVOCATION    true: allow one run past both limits (or allow_revoke_all: true in the file)";
 
 #[derive(Debug, Default, Deserialize)]
 struct RawIssuerConfig {
@@ -62,8 +61,6 @@ struct RawIssuerConfig {
     revoke_max_percent: Option<String>,
     revoke_max_count: Option<String>,
     allow_mass_revocation: Option<String>,
-    pushgateway_url: Option<String>,
-    pushgateway_job: Option<String>,
 }
 
 /// A CA of the previous system that HAProxy keeps trusting during a migration, with the CRL
@@ -85,8 +82,8 @@ pub struct Config {
     pub clients_file: PathBuf,
     /// State paths and certificate settings.
     pub pki: PkiSettings,
-    /// Pushgateway base URL and job label.
-    pub pushgateway: Option<(String, String)>,
+    /// Where run metrics go.
+    pub pushgateway: Option<Pushgateway>,
 }
 
 /// State paths and certificate settings.
@@ -144,25 +141,10 @@ impl Config {
     /// Reads and validates the configuration from `vars`; reads the legacy CA and CRL files.
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
-        let raw: RawIssuerConfig = raw_from_vars(vars)?;
+        let raw: RawIssuerConfig = raw_from_vars(vars.clone())?;
         let mount = store.kv_mount().to_owned();
         let pki = pki_settings(&raw, mount)?;
-        let pushgateway = match raw.pushgateway_url {
-            None => None,
-            Some(url) => {
-                let parsed = url::Url::parse(&url)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https"));
-                if parsed.is_none() {
-                    return Err(ConfigError::new(
-                        "PUSHGATEWAY_URL",
-                        format!("'{url}' is not an http(s) URL"),
-                    ));
-                }
-                let job = non_blank("PUSHGATEWAY_JOB", raw.pushgateway_job, "client-issuer")?;
-                Some((url.trim_end_matches('/').to_owned(), job))
-            }
-        };
+        let pushgateway = Pushgateway::from_vars(vars, "client-issuer")?;
         Ok(Self {
             store,
             clients_file: PathBuf::from(

@@ -495,6 +495,12 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             self.now,
         )
         .map_err(|e| self.invalid(path, e.to_string()))?;
+        job_support::config::report_kept_key_algorithm(
+            "CLIENT_CA_KEY_ALGORITHM",
+            self.pki.ca_key_algorithm,
+            &ca.key,
+            &self.label(path),
+        );
         Ok((ca, false))
     }
 

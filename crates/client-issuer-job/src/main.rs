@@ -13,9 +13,10 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use job_support::config::ConfigError;
 use job_support::exit::{Classified, Failure, report as report_error};
+use job_support::metrics::{RunMetrics, RunOutcome};
 use job_support::{SecretStore, logging};
 use pki_core::time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::clients_file::{
     ClientsFile, DeclaredClient, VALIDITY_DAYS, parse_clients_file, valid_name,
@@ -146,19 +147,18 @@ fn run(config: &Config, command: Command) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let result = execute(config, command).await;
-        if let Some((url, job)) = &config.pushgateway {
-            let (summary, success) = match &result {
-                Ok(summary) => (
-                    summary.as_ref(),
-                    summary.as_ref().is_none_or(|s| s.attention.is_empty()),
-                ),
-                Err(_) => (None, false),
-            };
-            let body = report::metrics(summary, success, OffsetDateTime::now_utc());
-            // A failed push is worth a warning, not a failed run: the certificates are written.
-            if let Err(e) = report::push(url, job, body).await {
-                warn!("{e:#}");
-            }
+        // `report` only prints: it has no run to report.
+        let outcome = match &result {
+            Ok(None) => None,
+            Ok(Some(summary)) => Some(RunOutcome::Finished {
+                values: report::metrics(summary),
+                success: summary.attention.is_empty(),
+            }),
+            Err(_) => Some(RunOutcome::Failed(RunMetrics::default())),
+        };
+        if let (Some(gateway), Some(outcome)) = (&config.pushgateway, outcome) {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            gateway.report_run("client_issuer", outcome, now).await;
         }
         match result? {
             Some(summary) if !summary.attention.is_empty() => Err(Classified {
@@ -283,9 +283,10 @@ fn help() -> String {
          A user fetches their bundle as in the seed:\n\
          \x20   vault kv get -field=p12 secret/pki/clients/<name> | base64 -d > <name>.p12\n\
          \x20   vault kv get -field=password secret/pki/clients/<name>\n\n\
-         {}\n\n{}\n\n{}",
+         {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
         config::VARIABLES_HELP,
+        job_support::metrics::variables_help("client-issuer"),
         job_support::config::STORE_VARIABLES_HELP,
         Failure::TABLE
     )

@@ -1,10 +1,9 @@
 //! What operators and Prometheus see: a one-line summary per run, a table on request, and
-//! run metrics pushed to a Pushgateway (expiry timestamps, CRL next update, counts, success).
+//! the gauges of a run for the Pushgateway (expiry timestamps, CRL next update, counts).
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use job_support::metrics::{RunMetrics, label};
 use pki_core::time::OffsetDateTime;
 
 use crate::issuer::{ClientAction, Inventory, RunSummary, rfc3339};
@@ -82,72 +81,47 @@ pub fn table(inventory: &Inventory, now: OffsetDateTime) -> String {
     out
 }
 
-/// Prometheus text exposition of a run.
+/// The gauges of a run that finished its work; [`job_support::metrics`] adds the run gauges
+/// and pushes them.
 #[must_use]
-pub fn metrics(summary: Option<&RunSummary>, success: bool, now: OffsetDateTime) -> String {
-    let mut out = String::new();
-    // Timestamps and counts are whole numbers; the exposition format takes them as written.
-    let mut gauge = |name: &str, help: &str, samples: &[(String, i64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    gauge(
-        "client_issuer_last_run_success",
-        "1 if the last run converged, 0 if it failed.",
-        &[(String::new(), i64::from(success))],
-    );
-    gauge(
-        "client_issuer_last_run_timestamp_seconds",
-        "When the last run finished.",
-        &[(String::new(), now.unix_timestamp())],
-    );
-    let Some(summary) = summary else { return out };
-    let clients: Vec<(String, i64)> = summary
-        .clients
-        .iter()
-        .map(|c| {
-            (
-                format!(
-                    "{{client=\"{}\",status=\"{}\"}}",
-                    c.name,
-                    match c.action {
-                        _ if c.revoked => "revoked",
-                        ClientAction::Previous => "previous",
-                        _ => "active",
-                    }
-                ),
-                c.not_after.unix_timestamp(),
-            )
-        })
-        .collect();
-    let problems: Vec<(String, i64)> = summary
+pub fn metrics(summary: &RunSummary) -> RunMetrics {
+    let mut m = RunMetrics::default();
+    let clients = summary.clients.iter().map(|c| {
+        let status = match c.action {
+            _ if c.revoked => "revoked",
+            ClientAction::Previous => "previous",
+            _ => "active",
+        };
+        (
+            vec![label("client", &c.name), label("status", status)],
+            c.not_after.unix_timestamp(),
+        )
+    });
+    let problems = summary
         .attention
         .iter()
-        .map(|a| (format!("{{client=\"{}\"}}", a.name), 1))
-        .collect();
-    gauge(
+        .map(|a| (vec![label("client", &a.name)], 1));
+    m.gauge(
         "client_issuer_client_entry_needs_attention",
-        "1 for each client entry the last run left alone because it cannot be used; the job's log and report say why.",
-        &problems,
+        "1 for each client entry the last run left alone because it cannot be used; the job's log and report say why",
+        problems,
     );
-    gauge(
+    m.gauge(
         "client_issuer_client_cert_expiry_timestamp_seconds",
-        "notAfter of each client certificate.",
-        &clients,
+        "notAfter of each client certificate",
+        clients,
     );
-    gauge(
+    m.single(
         "client_issuer_ca_expiry_timestamp_seconds",
-        "notAfter of the client CA.",
-        &[(String::new(), summary.ca_not_after.unix_timestamp())],
+        "notAfter of the client CA",
+        summary.ca_not_after.unix_timestamp(),
     );
-    gauge(
+    m.single(
         "client_issuer_crl_next_update_timestamp_seconds",
-        "nextUpdate of the CRL HAProxy reads; HAProxy refuses every client after it.",
-        &[(String::new(), summary.crl_next_update.unix_timestamp())],
+        "nextUpdate of the CRL HAProxy reads; HAProxy refuses every client after it",
+        summary.crl_next_update.unix_timestamp(),
     );
-    let counts: Vec<(String, i64)> = [
+    let counts = [
         ("issued", ClientAction::Issued),
         ("renewed", ClientAction::Renewed),
         ("revoked", ClientAction::Revoked),
@@ -157,43 +131,16 @@ pub fn metrics(summary: Option<&RunSummary>, success: bool, now: OffsetDateTime)
         ("previous", ClientAction::Previous),
         ("unusable", ClientAction::Unusable),
     ]
-    .into_iter()
-    .map(|(label, action)| {
+    .map(|(name, action)| {
         (
-            format!("{{action=\"{label}\"}}"),
+            vec![label("action", name)],
             i64::try_from(summary.count(action)).unwrap_or(i64::MAX),
         )
-    })
-    .collect();
-    gauge(
+    });
+    m.gauge(
         "client_issuer_last_run_clients",
-        "Clients by what the last run did to them.",
-        &counts,
+        "Clients by what the last run did to them",
+        counts,
     );
-    out
-}
-
-/// PUTs the metrics to `{url}/metrics/job/{job}`, replacing the previous push.
-pub async fn push(url: &str, job: &str, body: String) -> Result<()> {
-    job_support::store::vault::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let target = format!("{url}/metrics/job/{job}");
-    let response = client
-        .put(&target)
-        .header("Content-Type", "text/plain; version=0.0.4")
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("failed to push metrics to '{target}'"))?;
-    let status = response.status();
-    if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        anyhow::bail!(
-            "failed to push metrics to '{target}': {status}: {}",
-            text.trim()
-        );
-    }
-    Ok(())
+    m
 }

@@ -1,6 +1,6 @@
 //! The I/O every job shares, in one place: the state store (Vault/OpenBao KV v2, or a local
 //! directory with the same check-and-set semantics) and its configuration, logging set-up,
-//! the retry policy, and exit codes. Certificate logic lives in `pki-core`; each job's
+//! the retry policy, exit codes, and the run metrics pushed to a Pushgateway. Certificate logic lives in `pki-core`; each job's
 //! decisions in its crate.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod metrics;
 pub mod retry;
 pub mod store;
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use job_support::config::{ConfigError, StoreConfig, parse_number, raw_from_vars};
+use job_support::metrics::Pushgateway;
 use serde::Deserialize;
 
 use crate::mapping::{Mapping, default_mappings, parse_mappings};
@@ -21,10 +22,13 @@ SYNC:
     SYNC_CLUSTER         cluster name of the default mapping  [nas]
     SYNC_TARGET          kubernetes | directory | stdout  [kubernetes when KUBERNETES_SERVICE_HOST or KUBECONFIG is set, else directory]
     SYNC_OUTPUT_DIR      where the directory target writes Secret manifests (mode 0600)  [./.pki-sync]
+    SYNC_PLAINTEXT_KEYS  allow: the directory and stdout targets may write a private key in the
+                         clear (keep it out of Git); unset: such a Secret is refused (exit 2)
     KUBE_MAX_ATTEMPTS    attempts per Kubernetes request on connection errors and 5xx  [4]";
 
 #[derive(Debug, Default, Deserialize)]
 struct RawSyncConfig {
+    sync_plaintext_keys: Option<String>,
     sync_mappings_file: Option<String>,
     sync_cluster: Option<String>,
     sync_target: Option<String>,
@@ -59,12 +63,17 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     /// Where to.
     pub target: TargetChoice,
+    /// Where run metrics go.
+    pub pushgateway: Option<Pushgateway>,
+    /// `SYNC_PLAINTEXT_KEYS=allow`: manifests may carry private keys.
+    pub plaintext_keys: bool,
 }
 
 impl Config {
     /// Reads and validates the configuration; reads the mappings file.
     pub fn from_vars(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let store = StoreConfig::from_vars(vars.clone(), DEFAULT_ROLE)?;
+        let pushgateway = Pushgateway::from_vars(vars.clone(), "nas-sync")?;
         let raw: RawSyncConfig = raw_from_vars(vars)?;
         let mount = store.kv_mount().to_owned();
         let mappings = if let Some(path) = &raw.sync_mappings_file {
@@ -99,6 +108,16 @@ impl Config {
             1..=20,
         )? as u32;
         let dir = PathBuf::from(raw.sync_output_dir.as_deref().unwrap_or("./.pki-sync"));
+        let plaintext_keys = match raw.sync_plaintext_keys.as_deref() {
+            None => false,
+            Some("allow") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SYNC_PLAINTEXT_KEYS",
+                    format!("'{other}' is not 'allow' (unset it to refuse plaintext keys)"),
+                ));
+            }
+        };
         let target = match raw.sync_target.as_deref() {
             Some("kubernetes") => TargetChoice::Kubernetes { max_attempts },
             Some("stdout") => TargetChoice::Stdout,
@@ -116,6 +135,8 @@ impl Config {
             mount,
             mappings,
             target,
+            pushgateway,
+            plaintext_keys,
         })
     }
 }

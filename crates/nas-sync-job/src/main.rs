@@ -4,6 +4,7 @@
 
 mod config;
 mod mapping;
+mod metrics;
 mod sync;
 mod target;
 mod verify;
@@ -18,8 +19,8 @@ use pki_core::time::OffsetDateTime;
 use tracing::info;
 
 use crate::config::{Config, TargetChoice};
-use crate::sync::{SyncAction, sync_all};
-use crate::target::{KubeTarget, ManifestTarget, SecretTarget};
+use crate::sync::{SyncAction, sync_each};
+use crate::target::{KubeTarget, ManifestPlace, ManifestTarget, SecretTarget};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,9 +46,19 @@ async fn run(config: &Config) -> Result<()> {
             sync_with(config, &store, &target).await
         }
         TargetChoice::Directory(dir) => {
-            sync_with(config, &store, &ManifestTarget::Directory(dir.clone())).await
+            let target = ManifestTarget {
+                place: ManifestPlace::Directory(dir.clone()),
+                plaintext_keys: config.plaintext_keys,
+            };
+            sync_with(config, &store, &target).await
         }
-        TargetChoice::Stdout => sync_with(config, &store, &ManifestTarget::Stdout).await,
+        TargetChoice::Stdout => {
+            let target = ManifestTarget {
+                place: ManifestPlace::Stdout,
+                plaintext_keys: config.plaintext_keys,
+            };
+            sync_with(config, &store, &target).await
+        }
     }
 }
 
@@ -56,14 +67,18 @@ async fn sync_with(
     store: &impl SecretStore,
     target: &impl SecretTarget,
 ) -> Result<()> {
-    let outcomes = sync_all(
-        store,
-        target,
-        &config.mount,
-        &config.mappings,
-        OffsetDateTime::now_utc(),
-    )
-    .await?;
+    let now = OffsetDateTime::now_utc();
+    let run = sync_each(store, target, &config.mount, &config.mappings, now).await;
+    if let Some(gateway) = &config.pushgateway {
+        gateway
+            .report_run(
+                metrics::PREFIX,
+                metrics::outcome(&run),
+                now.unix_timestamp(),
+            )
+            .await;
+    }
+    let outcomes = run.into_result()?;
     let writes = outcomes
         .iter()
         .filter(|o| o.action != SyncAction::Unchanged)
@@ -94,11 +109,13 @@ fn help() -> String {
          Mirrors CA bundles from Vault KV into Kubernetes Secrets with server-side apply (field\n\
          manager nas-sync-job). Each bundle is verified first (an invalid one is never applied);\n\
          a Secret that already holds the data gets no write; one changed by hand is restored.\n\
-         Without a cluster configured, it writes the Secret manifests instead (for GitOps).\n\n\
+         Without a cluster configured, it writes the Secret manifests instead; a Secret holding a\n\
+         private key only with SYNC_PLAINTEXT_KEYS=allow.\n\n\
          USAGE:\n    nas-sync-job            (configured through environment variables)\n\n\
-         {}\n\n{}\n\n{}",
+         {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
         config::VARIABLES_HELP,
+        job_support::metrics::variables_help("nas-sync"),
         job_support::config::STORE_VARIABLES_HELP,
         Failure::TABLE
     )

@@ -43,33 +43,51 @@ pub struct SyncOutcome {
     pub fingerprint: String,
 }
 
-/// Runs every mapping; returns the outcomes, or the first failure after all were tried.
-pub async fn sync_all(
+/// Every mapping of one run: what was done, and what failed.
+#[derive(Debug)]
+pub struct SyncRun {
+    /// The mappings that succeeded.
+    pub outcomes: Vec<SyncOutcome>,
+    /// The mappings that failed (refused as invalid, or refused by the target), each logged.
+    pub failures: Vec<anyhow::Error>,
+}
+
+impl SyncRun {
+    /// The outcomes, or the first failure.
+    pub fn into_result(self) -> Result<Vec<SyncOutcome>> {
+        let failed = self.failures.len();
+        let total = failed + self.outcomes.len();
+        match self.failures.into_iter().next() {
+            None => Ok(self.outcomes),
+            Some(first) => Err(first.context(format!(
+                "{failed} of {total} mappings failed; their Secrets were left as they were"
+            ))),
+        }
+    }
+}
+
+/// Runs every mapping, each whatever happened to the others.
+pub async fn sync_each(
     store: &impl SecretStore,
     target: &impl SecretTarget,
     mount: &str,
     mappings: &[Mapping],
     now: OffsetDateTime,
-) -> Result<Vec<SyncOutcome>> {
-    let mut outcomes = Vec::with_capacity(mappings.len());
-    let mut failures = Vec::new();
+) -> SyncRun {
+    let mut run = SyncRun {
+        outcomes: Vec::with_capacity(mappings.len()),
+        failures: Vec::new(),
+    };
     for mapping in mappings {
         match sync_one(store, target, mount, mapping, now).await {
-            Ok(outcome) => outcomes.push(outcome),
+            Ok(outcome) => run.outcomes.push(outcome),
             Err(e) => {
                 error!(secret = %mapping.target(), source = %mapping.source, "{e:#}");
-                failures.push(e);
+                run.failures.push(e);
             }
         }
     }
-    let failed = failures.len();
-    match failures.into_iter().next() {
-        None => Ok(outcomes),
-        Some(first) => Err(first.context(format!(
-            "{failed} of {} mappings failed; their Secrets were left as they were",
-            mappings.len()
-        ))),
-    }
+    run
 }
 
 /// One mapping: verify, compare, apply if different.
@@ -246,12 +264,14 @@ mod tests {
         let mappings = default_mappings("nas");
         let now = OffsetDateTime::now_utc();
 
-        let first = sync_all(&store, &target, "secret", &mappings, now)
+        let first = sync_each(&store, &target, "secret", &mappings, now)
             .await
+            .into_result()
             .unwrap();
         assert_eq!(first[0].action, SyncAction::Created);
-        let second = sync_all(&store, &target, "secret", &mappings, now)
+        let second = sync_each(&store, &target, "secret", &mappings, now)
             .await
+            .into_result()
             .unwrap();
         assert_eq!(second[0].action, SyncAction::Unchanged);
         assert_eq!(*target.applies.borrow(), 1);
@@ -266,8 +286,9 @@ mod tests {
             secret.data.insert("extra".into(), b"x".to_vec());
             secret.labels.insert("team".into(), "mesh".into());
         }
-        let third = sync_all(&store, &target, "secret", &mappings, now)
+        let third = sync_each(&store, &target, "secret", &mappings, now)
             .await
+            .into_result()
             .unwrap();
         assert_eq!(
             third[0].action,
@@ -300,7 +321,7 @@ mod tests {
             .await
             .unwrap();
         let target = Recorder::default();
-        let err = sync_all(
+        let err = sync_each(
             &store,
             &target,
             "secret",
@@ -308,6 +329,7 @@ mod tests {
             OffsetDateTime::now_utc(),
         )
         .await
+        .into_result()
         .unwrap_err();
         let message = format!("{err:#}");
         assert!(message.starts_with("1 of 1 mappings failed; their Secrets were left as they were: invalid state at 'secret/istio/clusters/nas': not a valid istio-cacerts bundle: ca-key.pem is not a usable private key"), "{message}");

@@ -214,7 +214,17 @@ impl SecretTarget for KubeTarget {
 
 /// Manifest files (one per Secret, mode 0600) or standard output, for GitOps.
 #[derive(Debug, Clone)]
-pub enum ManifestTarget {
+pub struct ManifestTarget {
+    /// Where the manifests go.
+    pub place: ManifestPlace,
+    /// Whether a Secret holding a private key may be written in the clear
+    /// (`SYNC_PLAINTEXT_KEYS=allow`); refused otherwise, since these files are meant for Git.
+    pub plaintext_keys: bool,
+}
+
+/// Where manifests go.
+#[derive(Debug, Clone)]
+pub enum ManifestPlace {
     /// `<dir>/<namespace>.<name>.yaml`.
     Directory(PathBuf),
     /// Printed, separated by `---`.
@@ -223,18 +233,29 @@ pub enum ManifestTarget {
 
 impl ManifestTarget {
     fn file(&self, namespace: &str, name: &str) -> Option<PathBuf> {
-        match self {
-            Self::Directory(dir) => Some(dir.join(format!("{namespace}.{name}.yaml"))),
-            Self::Stdout => None,
+        match &self.place {
+            ManifestPlace::Directory(dir) => Some(dir.join(format!("{namespace}.{name}.yaml"))),
+            ManifestPlace::Stdout => None,
         }
+    }
+
+    /// The keys of `desired` that hold a private key (PEM), which a manifest would carry in
+    /// the clear (a Secret's data is only base64).
+    fn private_keys(desired: &SecretState) -> Vec<&str> {
+        desired
+            .data
+            .iter()
+            .filter(|(_, v)| v.windows(16).any(|w| w == b"PRIVATE KEY-----"))
+            .map(|(k, _)| k.as_str())
+            .collect()
     }
 }
 
 impl SecretTarget for ManifestTarget {
     fn describe(&self) -> String {
-        match self {
-            Self::Directory(dir) => format!("manifests in {}", dir.display()),
-            Self::Stdout => "manifests on standard output".into(),
+        match &self.place {
+            ManifestPlace::Directory(dir) => format!("manifests in {}", dir.display()),
+            ManifestPlace::Stdout => "manifests on standard output".into(),
         }
     }
 
@@ -260,6 +281,20 @@ impl SecretTarget for ManifestTarget {
         name: &str,
         desired: &SecretState,
     ) -> anyhow::Result<()> {
+        let keys = Self::private_keys(desired);
+        if !keys.is_empty() && !self.plaintext_keys {
+            return Err(job_support::exit::Classified {
+                failure: job_support::Failure::Config,
+                message: format!(
+                    "refusing to write {namespace}/{name} to {}: '{}' holds a private key, which \
+                     a manifest carries in the clear; sync to the cluster (SYNC_TARGET=kubernetes), \
+                     or set SYNC_PLAINTEXT_KEYS=allow and keep the output out of Git",
+                    self.describe(),
+                    keys.join("', '")
+                ),
+            }
+            .into());
+        }
         let manifest = serde_norway::to_string(&desired.to_secret(namespace, name))?;
         let Some(file) = self.file(namespace, name) else {
             print!("---\n{manifest}");
