@@ -21,6 +21,12 @@ CLIENT PKI:
     PKI_CA_PATH              KV path of the public trust bundle + CRL (what HAProxy gets)  [pki/ca]
     PKI_ISSUER_PATH          KV path of the client CA certificate and key  [pki/issuer]
     PKI_CLIENTS_PATH         KV prefix of the per-user entries  [pki/clients]
+    PREVIOUS_CA              what to do with a CA certificate + key the previous scripts left at PKI_CA_PATH:
+                               issuer   it becomes this job's client CA (its key moves to PKI_ISSUER_PATH)
+                               trusted  HAProxy keeps trusting it, with a CRL this job signs, while users
+                                        move to this job's CA (its key moves to PKI_PREVIOUS_CA_PATH)
+                             required while such an entry exists; old versions of PKI_CA_PATH are destroyed
+    PKI_PREVIOUS_CA_PATH     KV path the previous CA's key moves to with PREVIOUS_CA=trusted  [pki/previous-ca]
     CLIENT_CA_KEY_ALGORITHM  ecdsa-p256 | ecdsa-p384 | rsa-4096  [ecdsa-p256]
     CLIENT_CA_ORGANIZATION   O of the client CA  [NAS]
     CLIENT_CA_CN             CN of the client CA  [Client CA]
@@ -46,6 +52,8 @@ struct RawIssuerConfig {
     pki_ca_path: Option<String>,
     pki_issuer_path: Option<String>,
     pki_clients_path: Option<String>,
+    previous_ca: Option<String>,
+    pki_previous_ca_path: Option<String>,
     client_ca_key_algorithm: Option<String>,
     client_ca_organization: Option<String>,
     client_ca_cn: Option<String>,
@@ -100,6 +108,10 @@ pub struct PkiSettings {
     pub issuer_path: String,
     /// Client entries prefix.
     pub clients_path: String,
+    /// What to do with a CA the previous scripts left at the bundle path (`PREVIOUS_CA`).
+    pub previous_ca: Option<PreviousCa>,
+    /// Where a previous CA kept trusted keeps its key.
+    pub previous_ca_path: String,
     /// Client CA key type.
     pub ca_key_algorithm: KeyAlgorithm,
     /// Client CA O.
@@ -126,6 +138,28 @@ pub struct PkiSettings {
     pub legacy: Vec<LegacyCa>,
     /// How many clients one run may revoke by their absence from the file.
     pub revoke_guard: RevokeGuard,
+}
+
+/// The operator's choice for a CA certificate and key the previous scripts left at the
+/// bundle path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviousCa {
+    /// It becomes this job's issuing CA: its key moves to the issuer path.
+    Issuer,
+    /// It stays trusted in the bundle (with a CRL this job signs) while users move to this
+    /// job's CA: its key moves to the previous-CA path.
+    Trusted,
+}
+
+impl PreviousCa {
+    /// The value of `PREVIOUS_CA` that chooses it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Issuer => "issuer",
+            Self::Trusted => "trusted",
+        }
+    }
 }
 
 /// The limit on revocations by absence: an emptied or truncated clients file must not
@@ -206,7 +240,7 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             ),
         ));
     }
-    Ok(PkiSettings {
+    let settings = PkiSettings {
         mount,
         ca_path: kv_path("PKI_CA_PATH", raw.pki_ca_path.clone(), "pki/ca")?,
         issuer_path: kv_path("PKI_ISSUER_PATH", raw.pki_issuer_path.clone(), "pki/issuer")?,
@@ -214,6 +248,22 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             "PKI_CLIENTS_PATH",
             raw.pki_clients_path.clone(),
             "pki/clients",
+        )?,
+        previous_ca: match raw.previous_ca.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("issuer") => Some(PreviousCa::Issuer),
+            Some("trusted") => Some(PreviousCa::Trusted),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "PREVIOUS_CA",
+                    format!("'{other}' is not issuer or trusted"),
+                ));
+            }
+        },
+        previous_ca_path: kv_path(
+            "PKI_PREVIOUS_CA_PATH",
+            raw.pki_previous_ca_path.clone(),
+            "pki/previous-ca",
         )?,
         ca_key_algorithm: key_algorithm(
             "CLIENT_CA_KEY_ALGORITHM",
@@ -283,7 +333,20 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
                 }
             },
         },
-    })
+    };
+    // The previous CA's key must land at a path of its own: over the bundle it would stay
+    // readable by the bundle's readers, over the issuer it would replace this job's CA.
+    let own = &settings.previous_ca_path;
+    let clients = format!("{}/", settings.clients_path);
+    if own == &settings.ca_path || own == &settings.issuer_path || own.starts_with(&clients) {
+        return Err(ConfigError::new(
+            "PKI_PREVIOUS_CA_PATH",
+            format!(
+                "'{own}' must differ from PKI_CA_PATH, PKI_ISSUER_PATH and lie outside PKI_CLIENTS_PATH"
+            ),
+        ));
+    }
+    Ok(settings)
 }
 
 fn file_list(value: Option<&str>) -> Vec<PathBuf> {
