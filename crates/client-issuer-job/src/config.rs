@@ -249,17 +249,7 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             raw.pki_clients_path.clone(),
             "pki/clients",
         )?,
-        previous_ca: match raw.previous_ca.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some("issuer") => Some(PreviousCa::Issuer),
-            Some("trusted") => Some(PreviousCa::Trusted),
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "PREVIOUS_CA",
-                    format!("'{other}' is not issuer or trusted"),
-                ));
-            }
-        },
+        previous_ca: previous_ca(raw.previous_ca.as_deref())?,
         previous_ca_path: kv_path(
             "PKI_PREVIOUS_CA_PATH",
             raw.pki_previous_ca_path.clone(),
@@ -309,44 +299,65 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             raw.legacy_ca_files.as_deref(),
             raw.legacy_crl_files.as_deref(),
         )?,
-        revoke_guard: RevokeGuard {
-            max_percent: parse_number(
-                "REVOKE_MAX_PERCENT",
-                raw.revoke_max_percent.as_deref(),
-                50,
-                0..=100,
-            )?,
-            max_count: parse_number(
-                "REVOKE_MAX_COUNT",
-                raw.revoke_max_count.as_deref(),
-                10,
-                0..=1_000_000,
-            )?,
-            allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "ALLOW_MASS_REVOCATION",
-                        format!("'{other}' is not true or false"),
-                    ));
-                }
-            },
-        },
+        revoke_guard: revoke_guard(raw)?,
     };
-    // The previous CA's key must land at a path of its own: over the bundle it would stay
-    // readable by the bundle's readers, over the issuer it would replace this job's CA.
+    check_previous_ca_path(&settings)?;
+    Ok(settings)
+}
+
+fn revoke_guard(raw: &RawIssuerConfig) -> Result<RevokeGuard, ConfigError> {
+    Ok(RevokeGuard {
+        max_percent: parse_number(
+            "REVOKE_MAX_PERCENT",
+            raw.revoke_max_percent.as_deref(),
+            50,
+            0..=100,
+        )?,
+        max_count: parse_number(
+            "REVOKE_MAX_COUNT",
+            raw.revoke_max_count.as_deref(),
+            10,
+            0..=1_000_000,
+        )?,
+        allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "ALLOW_MASS_REVOCATION",
+                    format!("'{other}' is not true or false"),
+                ));
+            }
+        },
+    })
+}
+
+fn previous_ca(value: Option<&str>) -> Result<Option<PreviousCa>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("issuer") => Ok(Some(PreviousCa::Issuer)),
+        Some("trusted") => Ok(Some(PreviousCa::Trusted)),
+        Some(other) => Err(ConfigError::new(
+            "PREVIOUS_CA",
+            format!("'{other}' is not issuer or trusted"),
+        )),
+    }
+}
+
+/// The previous CA's key must land at a path of its own: over the bundle it would stay
+/// readable by the bundle's readers, over the issuer it would replace this job's CA.
+fn check_previous_ca_path(settings: &PkiSettings) -> Result<(), ConfigError> {
     let own = &settings.previous_ca_path;
     let clients = format!("{}/", settings.clients_path);
     if own == &settings.ca_path || own == &settings.issuer_path || own.starts_with(&clients) {
         return Err(ConfigError::new(
             "PKI_PREVIOUS_CA_PATH",
             format!(
-                "'{own}' must differ from PKI_CA_PATH, PKI_ISSUER_PATH and lie outside PKI_CLIENTS_PATH"
+                "'{own}' must differ from PKI_CA_PATH and PKI_ISSUER_PATH and lie outside PKI_CLIENTS_PATH"
             ),
         ));
     }
-    Ok(settings)
+    Ok(())
 }
 
 fn file_list(value: Option<&str>) -> Vec<PathBuf> {

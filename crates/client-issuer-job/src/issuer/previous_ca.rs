@@ -48,7 +48,7 @@ enum Source<'e> {
         entry: &'e KvEntry,
         cert_field: &'static str,
         key_field: &'static str,
-        ca: CaCredential,
+        ca: Box<CaCredential>,
     },
 }
 
@@ -117,7 +117,7 @@ impl<S: SecretStore> Issuer<'_, S> {
             entry,
             cert_field,
             key_field,
-            ca,
+            ca: Box::new(ca),
         })
     }
 

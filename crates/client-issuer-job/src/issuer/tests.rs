@@ -779,32 +779,17 @@ fn an_issuer_choice_never_replaces_this_jobs_own_ca() {
 /// still readable by the job, and a fresh run finishes the move.
 #[test]
 fn a_move_killed_between_any_two_writes_is_finished_by_the_next_run() {
-    type Kill = fn(&ScriptedStore);
-    let kills: [(&str, Kill); 4] = [
-        ("at step 1", |s| {
-            s.fail_write("pki/previous-ca", 1, unavailable("x"))
-        }),
-        ("after step 1", |s| {
-            s.fail_write(BUNDLE, 1, unavailable(BUNDLE))
-        }),
-        ("after step 2", |s| {
-            s.fail_destroy(BUNDLE, 1, unavailable(BUNDLE))
-        }),
-        ("after step 3", |s| {
-            s.fail_write("pki/previous-ca", 2, unavailable("x"))
-        }),
-    ];
     for choice in [PreviousCa::Issuer, PreviousCa::Trusted] {
-        for (when, kill) in kills {
+        for when in ["at step 1", "after step 1", "after step 2", "after step 3"] {
             let store = ScriptedStore::new();
             let ca = previous_scripts_ca(&store, ("cert", "key"));
-            // The issuer choice's target is the issuer path; step 1 and 4 write there.
-            if choice == PreviousCa::Issuer && when.contains("step 1") && when.starts_with("at") {
-                store.fail_write("pki/issuer", 1, unavailable("x"));
-            } else if choice == PreviousCa::Issuer && when == "after step 3" {
-                store.fail_write("pki/issuer", 2, unavailable("x"));
-            } else {
-                kill(&store);
+            let to = target(choice);
+            match when {
+                // Step 1 is the first write to the target, step 4 the second.
+                "at step 1" => store.fail_write(to, 1, unavailable(to)),
+                "after step 1" => store.fail_write(BUNDLE, 1, unavailable(BUNDLE)),
+                "after step 2" => store.fail_destroy(BUNDLE, 1, unavailable(BUNDLE)),
+                _ => store.fail_write(to, 2, unavailable(to)),
             }
 
             let error = converge_choosing(&store, &["alice"], t0(), Some(choice)).unwrap_err();
