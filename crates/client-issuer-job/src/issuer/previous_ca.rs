@@ -402,7 +402,8 @@ impl<S: SecretStore> Issuer<'_, S> {
         let Some(entry) = self.store.read(path).await? else {
             return Ok(None);
         };
-        if writable_absent(Some(&entry)).is_some() {
+        // Only a CA this job moved there: anything else at that path is not its to sign for.
+        if entry.data.get(ADOPTED_FROM).is_none() {
             return Ok(None);
         }
         let field = |name: &str| {
