@@ -853,3 +853,151 @@ fn an_unusable_entry_is_named_left_alone_and_repaired_on_request() {
     )
     .ok();
 }
+
+/// The previous scripts' CA at `pki/ca` (placeholder, then certificate and key, by their own
+/// shell commands) and a user `olduser` it signed, also by their commands.
+fn previous_scripts_ca_and_user(s: &Setup) {
+    let fixtures = crate::support::openbao::workspace_root().join("tests/fixtures");
+    s.bao
+        .shell(&format!(
+            "{}/previous-scripts-ca.sh && CA_PATH=pki/ca {}/previous-scripts-client.sh olduser olduser@example.org",
+            fixtures.display(),
+            fixtures.display()
+        ))
+        .ok();
+}
+
+/// A token with the repository's policy `name`.
+fn policy_token(s: &Setup, name: &str) -> String {
+    let hcl = std::fs::read_to_string(
+        crate::support::openbao::workspace_root().join(format!("vault/policies/{name}.hcl")),
+    )
+    .unwrap();
+    s.bao.policy(name, &hcl);
+    s.bao.token(&[name])
+}
+
+/// What the bundle's reader gets from every version of `pki/ca`, as `vault kv get -version=N`.
+fn reader_views(s: &Setup, reader: &str) -> Vec<String> {
+    (1..=s.bao.kv_version("pki/ca"))
+        .map(|v| {
+            s.bao
+                .cli_as(
+                    reader,
+                    &[
+                        "kv",
+                        "get",
+                        "-mount=secret",
+                        &format!("-version={v}"),
+                        "pki/ca",
+                    ],
+                )
+                .all()
+        })
+        .collect()
+}
+
+/// `openssl verify -crl_check` of `leaf` against the bundle HAProxy gets.
+fn verify_against_bundle(s: &Setup, leaf: &std::path::Path) -> crate::support::tools::Ran {
+    let ca = s
+        .dir
+        .write("bundle-ca.pem", s.bao.kv_field("pki/ca", "ca.crt"));
+    let crl = s
+        .dir
+        .write("bundle-crl.pem", s.bao.kv_field("pki/ca", "crl.pem"));
+    openssl(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            ca.to_str().unwrap(),
+            "-CRLfile",
+            crl.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+        s.dir.path(),
+    )
+}
+
+#[test]
+fn the_previous_scripts_ca_stays_trusted_and_its_key_leaves_the_readers_reach() {
+    let s = Setup::new();
+    previous_scripts_ca_and_user(&s);
+    s.clients(ALICE_BOB);
+    let issuer = policy_token(&s, "client-issuer");
+    let reader = policy_token(&s, "eso-pki-reader");
+    // Before: the bundle's reader can read the key (what this test must see disappear).
+    assert!(reader_views(&s, &reader)[1].contains("EC PRIVATE KEY"));
+
+    let unset = s.run(&[("VAULT_TOKEN", issuer.as_str())]);
+    assert_exit(&unset, 2);
+    assert!(
+        unset.stderr.contains("PREVIOUS_CA=issuer") && unset.stderr.contains("PREVIOUS_CA=trusted"),
+        "{}",
+        unset.stderr
+    );
+    assert_eq!(s.versions(&["pki/ca"]), [2], "nothing written");
+
+    let ran = s.run(&[("VAULT_TOKEN", issuer.as_str()), ("PREVIOUS_CA", "trusted")]);
+
+    assert_exit(&ran, 0);
+    let views = reader_views(&s, &reader);
+    assert_eq!(views.len(), 3, "placeholder, the CA and key, the bundle");
+    for (v, view) in views.iter().enumerate() {
+        assert!(!view.contains("PRIVATE KEY"), "version {}: {view}", v + 1);
+    }
+    assert!(views[2].contains("ca.crt"), "{}", views[2]);
+    let key = std::fs::read_to_string(s.bao.dir.path().join("ca-key.pem")).unwrap();
+    assert_eq!(
+        s.bao.kv_field("pki/previous-ca", "ca.key").trim(),
+        key.trim()
+    );
+    assert!(!s.bao.kv_field("pki/issuer", "ca.key").contains(key.trim()));
+    // The previous scripts' user still passes with the CRL check, and so does a new one.
+    verify_against_bundle(&s, &s.bao.dir.path().join("olduser.pem")).ok();
+    let alice = s
+        .dir
+        .write("alice.pem", s.bao.kv_field("pki/clients/alice", "cert"));
+    verify_against_bundle(&s, &alice).ok();
+    // A second run has nothing to move.
+    assert_exit(
+        &s.run(&[("VAULT_TOKEN", issuer.as_str()), ("PREVIOUS_CA", "trusted")]),
+        0,
+    );
+    assert_eq!(s.versions(&["pki/ca", "pki/previous-ca"]), [3, 2]);
+}
+
+#[test]
+fn the_previous_scripts_ca_as_issuer_signs_new_users() {
+    let s = Setup::new();
+    previous_scripts_ca_and_user(&s);
+    s.clients(ALICE_BOB);
+    let issuer = policy_token(&s, "client-issuer");
+    let reader = policy_token(&s, "eso-pki-reader");
+
+    let ran = s.run(&[("VAULT_TOKEN", issuer.as_str()), ("PREVIOUS_CA", "issuer")]);
+
+    assert_exit(&ran, 0);
+    for (v, view) in reader_views(&s, &reader).iter().enumerate() {
+        assert!(!view.contains("PRIVATE KEY"), "version {}: {view}", v + 1);
+    }
+    let key = std::fs::read_to_string(s.bao.dir.path().join("ca-key.pem")).unwrap();
+    assert_eq!(s.bao.kv_field("pki/issuer", "ca.key").trim(), key.trim());
+    assert_eq!(s.bao.kv_version("pki/previous-ca"), 0);
+    let alice = s
+        .dir
+        .write("alice.pem", s.bao.kv_field("pki/clients/alice", "cert"));
+    let old_ca = s.bao.dir.path().join("ca-cert.pem");
+    openssl(
+        &[
+            "verify",
+            "-CAfile",
+            old_ca.to_str().unwrap(),
+            alice.to_str().unwrap(),
+        ],
+        s.dir.path(),
+    )
+    .ok();
+    verify_against_bundle(&s, &s.bao.dir.path().join("olduser.pem")).ok();
+    verify_against_bundle(&s, &alice).ok();
+}

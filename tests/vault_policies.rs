@@ -213,7 +213,7 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
         .trim()
         .to_owned();
     assert!(can_read(&bao, &eso, "pki/ca"));
-    for path in ["pki/issuer", "pki/clients/alice"] {
+    for path in ["pki/issuer", "pki/clients/alice", "pki/previous-ca"] {
         assert!(
             !can_read(&bao, &eso, path),
             "the ESO reader can read {path}"
@@ -222,6 +222,25 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
     assert!(!can_write(&bao, &eso, "pki/ca"));
     let issuer_token = login(&bao, "jwt", "client-issuer", &jwt).unwrap();
     assert!(!can_read(&bao, &issuer_token, "istio/ca"));
+    // The move of a previous CA's key: its own path, and destroying old versions of the
+    // bundle entry, but of no other entry.
+    assert!(can_write(&bao, &issuer_token, "pki/previous-ca"));
+    assert!(can_read(&bao, &issuer_token, "pki/previous-ca"));
+    let destroy = |token: &str, path: &str| {
+        bao.cli_as(
+            token,
+            &["kv", "destroy", "-mount=secret", "-versions=1", path],
+        )
+        .success
+    };
+    assert!(destroy(&issuer_token, "pki/ca"));
+    for path in ["pki/issuer", "pki/clients/alice"] {
+        assert!(
+            !destroy(&issuer_token, path),
+            "the client issuer can destroy versions of {path}"
+        );
+    }
+    assert!(!destroy(&eso, "pki/ca"), "the ESO reader can destroy");
     assert_eq!(
         login(
             &bao,

@@ -15,3 +15,14 @@ path "secret/metadata/pki/clients" {
 path "secret/metadata/pki/clients/*" {
   capabilities = ["list"]
 }
+# Adopting the previous scripts' client CA, which they kept, key included, in secret/pki/ca: the
+# key moves to its own path (PREVIOUS_CA=trusted; with PREVIOUS_CA=issuer to pki/issuer), then
+# the versions of secret/pki/ca that held it are destroyed, because the bundle's readers
+# (eso-pki-reader) can read every version of that entry. KV v2 destroy is an update on
+# <mount>/destroy/<path>.
+path "secret/data/pki/previous-ca" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/destroy/pki/ca" {
+  capabilities = ["update"]
+}

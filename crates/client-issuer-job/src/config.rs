@@ -22,6 +22,12 @@ CLIENT PKI:
     PKI_CA_PATH              KV path of the public trust bundle + CRL (what HAProxy gets)  [pki/ca]
     PKI_ISSUER_PATH          KV path of the client CA certificate and key  [pki/issuer]
     PKI_CLIENTS_PATH         KV prefix of the per-user entries  [pki/clients]
+    PREVIOUS_CA              what to do with a CA certificate + key the previous scripts left at PKI_CA_PATH:
+                               issuer   it becomes this job's client CA (its key moves to PKI_ISSUER_PATH)
+                               trusted  HAProxy keeps trusting it, with a CRL this job signs, while users
+                                        move to this job's CA (its key moves to PKI_PREVIOUS_CA_PATH)
+                             required while such an entry exists; old versions of PKI_CA_PATH are destroyed
+    PKI_PREVIOUS_CA_PATH     KV path the previous CA's key moves to with PREVIOUS_CA=trusted  [pki/previous-ca]
     CLIENT_CA_KEY_ALGORITHM  ecdsa-p256 | ecdsa-p384 | rsa-4096  [ecdsa-p256]
     CLIENT_CA_ORGANIZATION   O of the client CA  [NAS]
     CLIENT_CA_CN             CN of the client CA  [Client CA]
@@ -45,6 +51,8 @@ struct RawIssuerConfig {
     pki_ca_path: Option<String>,
     pki_issuer_path: Option<String>,
     pki_clients_path: Option<String>,
+    previous_ca: Option<String>,
+    pki_previous_ca_path: Option<String>,
     client_ca_key_algorithm: Option<String>,
     client_ca_organization: Option<String>,
     client_ca_cn: Option<String>,
@@ -97,6 +105,10 @@ pub struct PkiSettings {
     pub issuer_path: String,
     /// Client entries prefix.
     pub clients_path: String,
+    /// What to do with a CA the previous scripts left at the bundle path (`PREVIOUS_CA`).
+    pub previous_ca: Option<PreviousCa>,
+    /// Where a previous CA kept trusted keeps its key.
+    pub previous_ca_path: String,
     /// Client CA key type.
     pub ca_key_algorithm: KeyAlgorithm,
     /// Client CA O.
@@ -123,6 +135,28 @@ pub struct PkiSettings {
     pub legacy: Vec<LegacyCa>,
     /// How many clients one run may revoke by their absence from the file.
     pub revoke_guard: RevokeGuard,
+}
+
+/// The operator's choice for a CA certificate and key the previous scripts left at the
+/// bundle path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviousCa {
+    /// It becomes this job's issuing CA: its key moves to the issuer path.
+    Issuer,
+    /// It stays trusted in the bundle (with a CRL this job signs) while users move to this
+    /// job's CA: its key moves to the previous-CA path.
+    Trusted,
+}
+
+impl PreviousCa {
+    /// The value of `PREVIOUS_CA` that chooses it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Issuer => "issuer",
+            Self::Trusted => "trusted",
+        }
+    }
 }
 
 /// The limit on revocations by absence: an emptied or truncated clients file must not
@@ -188,7 +222,7 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             ),
         ));
     }
-    Ok(PkiSettings {
+    let settings = PkiSettings {
         mount,
         ca_path: kv_path("PKI_CA_PATH", raw.pki_ca_path.clone(), "pki/ca")?,
         issuer_path: kv_path("PKI_ISSUER_PATH", raw.pki_issuer_path.clone(), "pki/issuer")?,
@@ -196,6 +230,12 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             "PKI_CLIENTS_PATH",
             raw.pki_clients_path.clone(),
             "pki/clients",
+        )?,
+        previous_ca: previous_ca(raw.previous_ca.as_deref())?,
+        previous_ca_path: kv_path(
+            "PKI_PREVIOUS_CA_PATH",
+            raw.pki_previous_ca_path.clone(),
+            "pki/previous-ca",
         )?,
         ca_key_algorithm: key_algorithm(
             "CLIENT_CA_KEY_ALGORITHM",
@@ -241,31 +281,65 @@ fn pki_settings(raw: &RawIssuerConfig, mount: String) -> Result<PkiSettings, Con
             raw.legacy_ca_files.as_deref(),
             raw.legacy_crl_files.as_deref(),
         )?,
-        revoke_guard: RevokeGuard {
-            max_percent: parse_number(
-                "REVOKE_MAX_PERCENT",
-                raw.revoke_max_percent.as_deref(),
-                50,
-                0..=100,
-            )?,
-            max_count: parse_number(
-                "REVOKE_MAX_COUNT",
-                raw.revoke_max_count.as_deref(),
-                10,
-                0..=1_000_000,
-            )?,
-            allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        "ALLOW_MASS_REVOCATION",
-                        format!("'{other}' is not true or false"),
-                    ));
-                }
-            },
+        revoke_guard: revoke_guard(raw)?,
+    };
+    check_previous_ca_path(&settings)?;
+    Ok(settings)
+}
+
+fn revoke_guard(raw: &RawIssuerConfig) -> Result<RevokeGuard, ConfigError> {
+    Ok(RevokeGuard {
+        max_percent: parse_number(
+            "REVOKE_MAX_PERCENT",
+            raw.revoke_max_percent.as_deref(),
+            50,
+            0..=100,
+        )?,
+        max_count: parse_number(
+            "REVOKE_MAX_COUNT",
+            raw.revoke_max_count.as_deref(),
+            10,
+            0..=1_000_000,
+        )?,
+        allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "ALLOW_MASS_REVOCATION",
+                    format!("'{other}' is not true or false"),
+                ));
+            }
         },
     })
+}
+
+fn previous_ca(value: Option<&str>) -> Result<Option<PreviousCa>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("issuer") => Ok(Some(PreviousCa::Issuer)),
+        Some("trusted") => Ok(Some(PreviousCa::Trusted)),
+        Some(other) => Err(ConfigError::new(
+            "PREVIOUS_CA",
+            format!("'{other}' is not issuer or trusted"),
+        )),
+    }
+}
+
+/// The previous CA's key must land at a path of its own: over the bundle it would stay
+/// readable by the bundle's readers, over the issuer it would replace this job's CA.
+fn check_previous_ca_path(settings: &PkiSettings) -> Result<(), ConfigError> {
+    let own = &settings.previous_ca_path;
+    let clients = format!("{}/", settings.clients_path);
+    if own == &settings.ca_path || own == &settings.issuer_path || own.starts_with(&clients) {
+        return Err(ConfigError::new(
+            "PKI_PREVIOUS_CA_PATH",
+            format!(
+                "'{own}' must differ from PKI_CA_PATH and PKI_ISSUER_PATH and lie outside PKI_CLIENTS_PATH"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn file_list(value: Option<&str>) -> Vec<PathBuf> {

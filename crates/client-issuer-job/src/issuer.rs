@@ -3,6 +3,7 @@
 //! and one CRL per CA). Every write is conditional on the version read; a lost race adopts
 //! the winner's entry; a run with nothing to do writes nothing.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
@@ -182,6 +183,9 @@ pub struct Issuer<'a, S> {
     repair: BTreeSet<String>,
     /// The clients file says removing many clients at once is meant (`allow_revoke_all`).
     file_allows_mass_revocation: bool,
+    /// The version of the bundle path holding the previous scripts' CA that this run's
+    /// bundle write replaces, once its key is copied to a path of its own.
+    replace_source: Cell<Option<u64>>,
 }
 
 impl<'a, S: SecretStore> Issuer<'a, S> {
@@ -193,6 +197,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             now,
             repair: BTreeSet::new(),
             file_allows_mass_revocation: false,
+            replace_source: Cell::new(None),
         }
     }
 
@@ -222,6 +227,8 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     /// first write; clients removed from the file are revoked; entries the job cannot use
     /// are left alone and named in the summary.
     pub async fn converge(&self, declared: &[DeclaredClient]) -> Result<RunSummary> {
+        // The previous scripts' CA first: every later check sees the bundle path as it will be.
+        let adoption = self.adopt_previous_ca().await?;
         // Everything stored is read and checked before the first write.
         self.precheck_bundle().await?;
         let mut names: BTreeSet<String> = self
@@ -264,11 +271,22 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 }
             }
         }
-        self.finish(ca, ca_created, statuses, attention).await
+        let summary = self.finish(ca, ca_created, statuses, attention).await?;
+        self.finish_adoption(adoption).await?;
+        Ok(summary)
+    }
+
+    /// After the bundle replaced the previous scripts' CA entry: steps 3 and 4 of the move.
+    async fn finish_adoption(&self, adoption: previous_ca::Adoption) -> Result<()> {
+        match adoption.pending {
+            Some(pending) => self.complete_move(&pending).await,
+            None => Ok(()),
+        }
     }
 
     /// The one-off command: issues (or re-issues, when the email or profile differ) one client.
     pub async fn issue_one(&self, want: &DeclaredClient) -> Result<RunSummary> {
+        let adoption = self.adopt_previous_ca().await?;
         self.precheck_bundle().await?;
         let names: BTreeSet<String> = self
             .store
@@ -306,7 +324,9 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 attention.push(self.attention(&want.name, problem));
             }
         }
-        self.finish(ca, ca_created, statuses, attention).await
+        let summary = self.finish(ca, ca_created, statuses, attention).await?;
+        self.finish_adoption(adoption).await?;
+        Ok(summary)
     }
 
     /// Reads every client entry without writing (the report).
@@ -769,5 +789,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 mod bundle;
 mod entry;
+mod previous_ca;
 #[cfg(test)]
 mod tests;

@@ -432,6 +432,13 @@ impl SecretStore for AnyStore {
             Self::Local(s) => s.write(path, data, cas).await,
         }
     }
+
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        match self {
+            Self::Vault(s) => s.destroy_versions(path, versions).await,
+            Self::Local(s) => s.destroy_versions(path, versions).await,
+        }
+    }
 }
 
 /// A configured key algorithm that differs from the one of a key already stored: the stored

@@ -167,7 +167,7 @@ pub fn sign_crl(issuer: &CaCredential, params: &CrlParams) -> Result<String> {
         crl_number: SerialNumber::from_slice(&params.crl_number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs,
-        key_identifier_method: KeyIdMethod::Sha256,
+        key_identifier_method: crl_key_identifier(&issuer.certificate),
     };
     issuer
         .sign_crl(&rcgen_params)?
@@ -176,6 +176,27 @@ pub fn sign_crl(issuer: &CaCredential, params: &CrlParams) -> Result<String> {
             what: "CRL",
             reason: e.to_string(),
         })
+}
+
+/// The CRL's authority key identifier: the issuer certificate's own subject key identifier
+/// when it has one. rcgen derives the identifier from the key with the method given, which
+/// for a CA made elsewhere (OpenSSL's default is the SHA-1 of the key) names no certificate:
+/// OpenSSL then finds no CRL for that CA ("unable to get certificate CRL"), and HAProxy,
+/// which verifies with OpenSSL, refuses its clients.
+fn crl_key_identifier(issuer: &Certificate) -> KeyIdMethod {
+    x509_parser::parse_x509_certificate(issuer.der())
+        .ok()
+        .and_then(|(_, cert)| {
+            cert.extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                        Some(id.0.to_vec())
+                    }
+                    _ => None,
+                })
+        })
+        .map_or(KeyIdMethod::Sha256, KeyIdMethod::PreSpecified)
 }
 
 /// The revocation set to publish next: everything already published, plus what this run

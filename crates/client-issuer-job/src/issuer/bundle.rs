@@ -10,13 +10,14 @@ use pki_core::{
 };
 use tracing::info;
 
+use super::previous_ca::foreign_fields_problem;
 use super::{ClientStatus, EntryProblem, Issuer, RunSummary, rfc3339, writable_absent};
 
 /// Fields of the public bundle entry, as the seed's ExternalSecret copies them.
 pub(super) const BUNDLE_CA: &str = "ca.crt";
 pub(super) const BUNDLE_CRL: &str = "crl.pem";
 /// Every field the bundle entry may hold; anything else there is not this job's to overwrite.
-const BUNDLE_FIELDS: [&str; 6] = [
+pub(super) const BUNDLE_FIELDS: [&str; 6] = [
     BUNDLE_CA,
     BUNDLE_CRL,
     "created",
@@ -50,6 +51,7 @@ impl<S: SecretStore> Issuer<'_, S> {
             .flat_map(|c| c.revocations.iter().cloned())
             .collect();
         let path = &self.pki.ca_path;
+        let previous_ca = self.trusted_previous_ca().await?;
         for attempt in 1..=BUNDLE_ATTEMPTS {
             let stored = self.store.read(path).await?;
             let (cas, previous) = self.stored_bundle(stored.as_ref(), &ca.certificate)?;
@@ -64,6 +66,21 @@ impl<S: SecretStore> Issuer<'_, S> {
             let crl = Crl::from_pem(&crl_pem, BUNDLE_CRL)?;
             let mut ca_bundle = ca.certificate.to_pem();
             let mut crl_bundle = crl_pem.clone();
+            if let Some(previous_ca) = &previous_ca {
+                // HAProxy with crl-file refuses every client of a CA in ca-file without a
+                // current CRL, so the previous CA's is re-signed whenever ours is.
+                let stored_crl = stored.as_ref().and_then(|e| {
+                    own_crl(
+                        e.data.get(BUNDLE_CRL).unwrap_or_default(),
+                        &previous_ca.certificate,
+                    )
+                });
+                let previous_crl =
+                    self.previous_ca_crl(previous_ca, stored_crl.as_ref(), crl_signed)?;
+                ca_bundle.push_str(&previous_ca.certificate.to_pem());
+                crl_bundle.push_str(previous_crl.trim_end());
+                crl_bundle.push('\n');
+            }
             for legacy in &self.pki.legacy {
                 ca_bundle.push_str(&legacy.certificate.to_pem());
                 crl_bundle.push_str(legacy.crl_pem.trim_end());
@@ -149,6 +166,39 @@ impl<S: SecretStore> Issuer<'_, S> {
         Ok((sign_crl(ca, &params)?, true))
     }
 
+    /// The previous CA's CRL: the stored one while ours is not re-signed and it is far from
+    /// its nextUpdate, else a new one listing what the stored one listed, numbered after it.
+    fn previous_ca_crl(
+        &self,
+        previous_ca: &CaCredential,
+        stored: Option<&Crl>,
+        ours_signed: bool,
+    ) -> Result<String> {
+        let fresh = stored.filter(|crl| {
+            !ours_signed
+                && crl
+                    .info()
+                    .next_update
+                    .is_some_and(|next| next - self.now > self.pki.crl_renew_before)
+        });
+        if let Some(crl) = fresh {
+            return Ok(crl.to_pem());
+        }
+        let revoked = match stored {
+            Some(crl) => crl
+                .revoked_certificates()
+                .map_err(|e| self.invalid(&self.pki.ca_path, e.to_string()))?,
+            None => Vec::new(),
+        };
+        let params = CrlParams {
+            this_update: self.now,
+            next_update: self.now + self.pki.crl_validity,
+            crl_number: stored.and_then(|c| c.info().crl_number).unwrap_or(0) + 1,
+            revoked,
+        };
+        Ok(sign_crl(previous_ca, &params)?)
+    }
+
     /// The stored bundle, checked before anything is built on it: the version a write must
     /// name, and the CRL of ours it holds (`None` for an absent or placeholder entry, or the
     /// bundle of another CA, which this CA's bundle replaces). An entry with fields this job
@@ -186,21 +236,14 @@ impl<S: SecretStore> Issuer<'_, S> {
             return Ok(BundleState::Absent { cas });
         }
         let entry = stored.ok_or_else(|| self.invalid(&self.pki.ca_path, "unreadable".into()))?;
+        // The previous scripts' CA whose key this run copied away: the bundle replaces it.
+        if self.replace_source.get() == Some(entry.version) {
+            return Ok(BundleState::Absent { cas: entry.version });
+        }
         let path = &self.pki.ca_path;
-        let foreign: Vec<&str> = entry
-            .data
-            .fields()
-            .filter(|f| !BUNDLE_FIELDS.contains(f))
-            .collect();
-        if !foreign.is_empty() {
-            return Err(self.invalid(
-                path,
-                format!(
-                    "holds fields this job never writes ({}); expected only {}. Nothing was written",
-                    foreign.join(", "),
-                    BUNDLE_FIELDS.join(", ")
-                ),
-            ));
+        if entry.data.fields().any(|f| !BUNDLE_FIELDS.contains(&f)) {
+            let fields: Vec<&str> = entry.data.fields().collect();
+            return Err(self.invalid(path, foreign_fields_problem(&fields)));
         }
         let text = entry
             .data

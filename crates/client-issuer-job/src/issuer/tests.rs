@@ -235,24 +235,38 @@ fn a_garbage_crl_is_reported_and_never_rewritten() {
 
 #[test]
 fn a_foreign_entry_at_the_bundle_path_is_never_overwritten() {
-    // The previous scripts kept their CA, key included, at pki/ca.
-    let store = ScriptedStore::new();
-    let mut data = SecretData::new();
-    data.insert("cert", "-----BEGIN CERTIFICATE-----");
-    data.insert("key", "-----BEGIN EC PRIVATE KEY-----");
-    store.put(BUNDLE, data);
+    let spellings = "cert/key, ca.crt/ca.key, tls.crt/tls.key, certificate/private_key";
+    for fields in [
+        &["pem", "secret"][..],
+        &["cert", "key", "note"],
+        &["cert", "private_key"],
+        &["ca.crt", "ca.key", "crl.pem"],
+    ] {
+        let store = ScriptedStore::new();
+        let mut data = SecretData::new();
+        for field in fields {
+            data.insert(*field, "-----BEGIN CERTIFICATE-----");
+        }
+        store.put(BUNDLE, data);
+        let mut sorted = fields.to_vec();
+        sorted.sort_unstable();
 
-    let error = converge(&store, &["alice"], t0()).unwrap_err();
+        let error =
+            converge_choosing(&store, &["alice"], t0(), Some(PreviousCa::Trusted)).unwrap_err();
 
-    assert_eq!(
-        invalid_state(&error),
-        "invalid state at 'secret/pki/ca': holds fields this job never writes (cert, key); expected only ca.crt, crl.pem, created, not_after, crl_number, crl_next_update. Nothing was written"
-    );
-    assert!(
-        store.written().is_empty(),
-        "nothing written: {:?}",
-        store.written()
-    );
+        assert_eq!(
+            invalid_state(&error),
+            format!(
+                "invalid state at 'secret/pki/ca': holds fields this job never writes ({}); expected this job's bundle (ca.crt, crl.pem, created, not_after, crl_number, crl_next_update) or a client CA of the previous scripts as exactly one certificate and key pair ({spellings}). Nothing was written",
+                sorted.join(", ")
+            )
+        );
+        assert!(
+            store.written().is_empty(),
+            "nothing written: {:?}",
+            store.written()
+        );
+    }
 }
 
 #[test]
@@ -553,4 +567,345 @@ fn the_revocation_limits_come_from_configuration() {
     );
     pki.revoke_guard.allowed = true;
     block_on(Issuer::new(&store, &pki, t0()).converge(&clients(&["alice", "bob"]))).unwrap();
+}
+
+// ---- The previous scripts' CA at the bundle path ----
+
+use super::previous_ca::SPELLINGS;
+use crate::config::PreviousCa;
+use job_support::store::scripted::Operation;
+
+fn converge_choosing(
+    store: &ScriptedStore,
+    names: &[&str],
+    now: OffsetDateTime,
+    choice: Option<PreviousCa>,
+) -> anyhow::Result<RunSummary> {
+    let mut pki = PkiSettings::defaults("secret");
+    pki.previous_ca = choice;
+    block_on(Issuer::new(store, &pki, now).converge(&clients(names)))
+}
+
+/// A CA as the previous scripts made it, and their entry at the bundle path: version 1 the
+/// deployment guide's `placeholder=true`, version 2 the CA and key under `fields`.
+fn previous_scripts_ca(store: &ScriptedStore, fields: (&str, &str)) -> pki_core::CaCredential {
+    let ca = pki_core::generate_root_ca(
+        &pki_core::CaParams {
+            subject: pki_core::SubjectName::new("NAS", "Client CA"),
+            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(3650),
+        },
+        t0() - Duration::days(100),
+    )
+    .unwrap();
+    let mut placeholder = SecretData::new();
+    placeholder.insert("placeholder", "true");
+    store.put(BUNDLE, placeholder);
+    let mut data = SecretData::new();
+    data.insert(fields.0, ca.certificate.to_pem());
+    data.insert(fields.1, ca.key_pem().expose());
+    assert_eq!(store.put(BUNDLE, data), 2);
+    ca
+}
+
+fn target(choice: PreviousCa) -> &'static str {
+    match choice {
+        PreviousCa::Issuer => "pki/issuer",
+        PreviousCa::Trusted => "pki/previous-ca",
+    }
+}
+
+/// Every path with a readable version (any version) holding `key`.
+fn places_holding(contents: &Contents, paths: &[&str], key: &str) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|path| {
+            (1..=contents.versions(path)).any(|v| {
+                contents
+                    .version(path, v)
+                    .is_some_and(|d| d.iter().any(|(_, value)| value.trim() == key.trim()))
+            })
+        })
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+const PATHS: [&str; 3] = [BUNDLE, "pki/issuer", "pki/previous-ca"];
+
+fn unavailable(path: &str) -> job_support::StoreError {
+    job_support::StoreError::Unavailable {
+        operation: "write",
+        path: format!("secret/{path}"),
+        detail: "connection reset (the pod was killed)".into(),
+    }
+}
+
+/// The move is finished: the key at the target only, the bundle at the bundle path, every
+/// version that held the key destroyed, the record saying so.
+fn assert_moved(store: &ScriptedStore, ca: &pki_core::CaCredential, choice: PreviousCa) {
+    let contents = store.contents();
+    let key = ca.key_pem().expose().to_owned();
+    assert_eq!(places_holding(&contents, &PATHS, &key), [target(choice)]);
+    assert_eq!(contents.version(BUNDLE, 1), None, "the placeholder version");
+    assert_eq!(
+        contents.version(BUNDLE, 2),
+        None,
+        "the version with the key"
+    );
+    let bundle = contents.current(BUNDLE).unwrap();
+    assert!(bundle.data.fields().all(|f| f != "key" && f != "cert"));
+    let record = contents.current(target(choice)).unwrap();
+    assert_eq!(record.data.get("adopted_from"), Some("secret/pki/ca"));
+    assert_eq!(record.data.get("adopted_version"), Some("2"));
+    assert_eq!(record.data.get("source_destroyed"), Some("1,2"));
+    // The bundle trusts the old CA, with a CRL signed by it.
+    let trusted = bundle.data.get("ca.crt").unwrap();
+    assert!(trusted.contains(ca.certificate.to_pem().trim()));
+    let crls = Crl::bundle_from_pem(bundle.data.get("crl.pem").unwrap(), "crl.pem").unwrap();
+    assert!(
+        crls.iter()
+            .any(|c| c.verify_signed_by(&ca.certificate).is_ok())
+    );
+    let issuer = contents.current("pki/issuer").unwrap();
+    let issuer_is_old = issuer.data.get("ca.key").map(str::trim) == Some(key.trim());
+    assert_eq!(issuer_is_old, choice == PreviousCa::Issuer);
+    if choice == PreviousCa::Trusted {
+        // Two CAs, two CRLs: ours and the previous one.
+        assert_eq!(crls.len(), 2);
+        assert!(store.current("pki/clients/alice").is_some());
+    }
+}
+
+#[test]
+fn every_spelling_of_the_previous_scripts_ca_is_adopted() {
+    for choice in [PreviousCa::Issuer, PreviousCa::Trusted] {
+        for fields in SPELLINGS {
+            let store = ScriptedStore::new();
+            let ca = previous_scripts_ca(&store, fields);
+            converge_choosing(&store, &["alice"], t0(), Some(choice))
+                .unwrap_or_else(|e| panic!("{fields:?} {choice:?}: {e:#}"));
+            assert_moved(&store, &ca, choice);
+            let alice = store.current("pki/clients/alice").unwrap();
+            let cert =
+                pki_core::Certificate::from_pem(alice.data.get("cert").unwrap(), "cert").unwrap();
+            assert_eq!(
+                cert.verify_signed_by(&ca.certificate).is_ok(),
+                choice == PreviousCa::Issuer,
+                "new users are signed by the old CA exactly when it is the issuer"
+            );
+            // The next run has nothing left to move.
+            let store = ScriptedStore::with_contents(store.contents());
+            let summary = converge_choosing(
+                &store,
+                &["alice"],
+                t0() + Duration::minutes(1),
+                Some(choice),
+            )
+            .unwrap();
+            assert_eq!(summary.writes(), 0);
+            assert!(store.written().is_empty(), "{:?}", store.written());
+            assert!(
+                !store
+                    .log()
+                    .iter()
+                    .any(|op| matches!(op, Operation::Destroy { .. }))
+            );
+        }
+    }
+}
+
+#[test]
+fn without_a_choice_the_previous_scripts_ca_stops_the_run_before_any_write() {
+    let store = ScriptedStore::new();
+    previous_scripts_ca(&store, ("cert", "key"));
+
+    let error = converge_choosing(&store, &["alice"], t0(), None).unwrap_err();
+
+    assert_eq!(
+        format!("{error:#}"),
+        "invalid PREVIOUS_CA: 'secret/pki/ca' holds a client CA of the previous scripts, its key included (fields cert, key); set PREVIOUS_CA=issuer to make it this job's client CA (its key moves to 'secret/pki/issuer'), or PREVIOUS_CA=trusted to keep it trusted while users move to a new CA (its key moves to 'secret/pki/previous-ca'). Nothing was written"
+    );
+    assert_eq!(
+        job_support::exit::Failure::of(&error),
+        job_support::exit::Failure::Config
+    );
+    assert!(store.written().is_empty(), "{:?}", store.written());
+}
+
+#[test]
+fn a_previous_scripts_pair_that_is_no_ca_is_invalid_state() {
+    let store = ScriptedStore::new();
+    let ca = previous_scripts_ca(&ScriptedStore::new(), ("cert", "key"));
+    let other = previous_scripts_ca(&ScriptedStore::new(), ("cert", "key"));
+    // The certificate with another CA's key.
+    let mut data = SecretData::new();
+    data.insert("tls.crt", ca.certificate.to_pem());
+    data.insert("tls.key", other.key_pem().expose());
+    store.put(BUNDLE, data);
+
+    let error = converge_choosing(&store, &["alice"], t0(), None).unwrap_err();
+
+    let message = invalid_state(&error);
+    assert!(
+        message.starts_with("invalid state at 'secret/pki/ca': holds a certificate and key of the previous scripts ('tls.crt', 'tls.key') that cannot be adopted as a client CA: "),
+        "{message}"
+    );
+    assert!(message.ends_with("Nothing was written"), "{message}");
+    assert!(store.written().is_empty());
+}
+
+#[test]
+fn an_issuer_choice_never_replaces_this_jobs_own_ca() {
+    let store = ScriptedStore::new();
+    converge(&store, &["alice"], t0()).unwrap();
+    // The previous scripts' step run again, over the bundle.
+    let mut contents = store.contents();
+    contents.forget(BUNDLE);
+    let store = ScriptedStore::with_contents(contents);
+    previous_scripts_ca(&store, ("cert", "key"));
+    let issuer = store.current("pki/issuer").unwrap();
+
+    let error = converge_choosing(&store, &["alice"], t0(), Some(PreviousCa::Issuer)).unwrap_err();
+
+    assert!(
+        invalid_state(&error).starts_with("invalid state at 'secret/pki/issuer': PREVIOUS_CA=issuer would move the previous scripts' CA here, but the entry already holds ca.crt, ca.key, created, fingerprint; nothing was written"),
+        "{error:#}"
+    );
+    assert!(store.written().is_empty());
+    assert_eq!(store.current("pki/issuer"), Some(issuer));
+}
+
+/// A kill between each pair of the move's writes: the first run stops there, the key is
+/// still readable by the job, and a fresh run finishes the move.
+#[test]
+fn a_move_killed_between_any_two_writes_is_finished_by_the_next_run() {
+    for choice in [PreviousCa::Issuer, PreviousCa::Trusted] {
+        for when in ["at step 1", "after step 1", "after step 2", "after step 3"] {
+            let store = ScriptedStore::new();
+            let ca = previous_scripts_ca(&store, ("cert", "key"));
+            let to = target(choice);
+            match when {
+                // Step 1 is the first write to the target, step 4 the second.
+                "at step 1" => store.fail_write(to, 1, unavailable(to)),
+                "after step 1" => store.fail_write(BUNDLE, 1, unavailable(BUNDLE)),
+                "after step 2" => store.fail_destroy(BUNDLE, 1, unavailable(BUNDLE)),
+                _ => store.fail_write(to, 2, unavailable(to)),
+            }
+
+            let error = converge_choosing(&store, &["alice"], t0(), Some(choice)).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("killed"),
+                "{choice:?} {when}: {error:#}"
+            );
+            let key = ca.key_pem().expose().to_owned();
+            let places = places_holding(&store.contents(), &PATHS, &key);
+            assert!(!places.is_empty(), "{choice:?} {when}: the key is lost");
+
+            let store = ScriptedStore::with_contents(store.contents());
+            converge_choosing(
+                &store,
+                &["alice"],
+                t0() + Duration::minutes(1),
+                Some(choice),
+            )
+            .unwrap_or_else(|e| panic!("{choice:?} {when}: {e:#}"));
+            assert_moved(&store, &ca, choice);
+            // Never two copies at the target: one create-only write in all.
+            let target_versions = store.contents().versions(target(choice));
+            assert!(target_versions <= 2, "{choice:?} {when}: {target_versions}");
+        }
+    }
+}
+
+#[test]
+fn a_move_under_way_is_finished_as_it_was_started() {
+    let store = ScriptedStore::new();
+    previous_scripts_ca(&store, ("cert", "key"));
+    store.fail_write(BUNDLE, 1, unavailable(BUNDLE));
+    converge_choosing(&store, &["alice"], t0(), Some(PreviousCa::Trusted)).unwrap_err();
+    let store = ScriptedStore::with_contents(store.contents());
+
+    let error = converge_choosing(&store, &["alice"], t0(), Some(PreviousCa::Issuer)).unwrap_err();
+
+    assert_eq!(
+        format!("{error:#}"),
+        "invalid PREVIOUS_CA: 'issuer' is issuer but the move of the previous scripts' CA to 'secret/pki/previous-ca' (PREVIOUS_CA=trusted) is under way; run with PREVIOUS_CA=trusted to finish it. Nothing was written"
+    );
+    assert!(store.written().is_empty());
+    // Unset, the move goes on as recorded.
+    converge_choosing(&store, &["alice"], t0(), None).unwrap();
+}
+
+#[test]
+fn a_concurrent_run_that_copied_first_is_adopted_not_duplicated() {
+    for choice in [PreviousCa::Issuer, PreviousCa::Trusted] {
+        let store = ScriptedStore::new();
+        let ca = previous_scripts_ca(&store, ("ca.crt", "ca.key"));
+        // The other run gets as far as its copy (step 1), then is killed.
+        let other = ScriptedStore::with_contents(store.contents());
+        other.fail_write(BUNDLE, 1, unavailable(BUNDLE));
+        let _ = converge_choosing(&other, &["alice"], t0(), Some(choice));
+        let theirs = other.contents().current(target(choice)).unwrap().data;
+        // Its copy lands just before this run's.
+        store.before_write(target(choice), 1, move |c| {
+            c.put(target(choice), theirs);
+        });
+
+        converge_choosing(
+            &store,
+            &["alice"],
+            t0() + Duration::minutes(1),
+            Some(choice),
+        )
+        .unwrap();
+
+        assert_moved(&store, &ca, choice);
+        let copies: Vec<bool> = store
+            .log()
+            .into_iter()
+            .filter_map(|op| match op {
+                Operation::Write {
+                    path,
+                    cas: 0,
+                    written,
+                    ..
+                } if path == target(choice) => Some(written),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            copies,
+            [false],
+            "{choice:?}: this run's copy lost and was not retried"
+        );
+        assert_eq!(store.contents().versions(target(choice)), 2, "copy + mark");
+    }
+}
+
+#[test]
+fn the_previous_cas_crl_is_re_signed_with_ours() {
+    let store = ScriptedStore::new();
+    let ca = previous_scripts_ca(&store, ("cert", "key"));
+    converge_choosing(&store, &["alice"], t0(), Some(PreviousCa::Trusted)).unwrap();
+    let numbers = |store: &ScriptedStore| {
+        let bundle = store.current(BUNDLE).unwrap();
+        let crls = Crl::bundle_from_pem(bundle.data.get("crl.pem").unwrap(), "crl.pem").unwrap();
+        let previous = crls
+            .iter()
+            .find(|c| c.verify_signed_by(&ca.certificate).is_ok())
+            .unwrap();
+        (
+            crls[0].info().crl_number,
+            previous.info().crl_number,
+            previous.info().next_update,
+        )
+    };
+    assert_eq!(numbers(&store).0, Some(1));
+    assert_eq!(numbers(&store).1, Some(1));
+    // Past the re-sign point: both are re-signed, the previous one with the same nextUpdate.
+    let later = t0() + Duration::days(8);
+    converge_choosing(&store, &["alice"], later, Some(PreviousCa::Trusted)).unwrap();
+    let (ours, previous, next) = numbers(&store);
+    assert_eq!((ours, previous), (Some(2), Some(2)));
+    assert_eq!(next, Some(later + Duration::days(14)));
 }

@@ -24,6 +24,9 @@ pub struct LocalStore {
 struct VersionFile {
     data: std::collections::BTreeMap<String, String>,
     created_time: String,
+    /// Its data was destroyed (KV v2 `destroy`): the version number stays taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    destroyed: bool,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -126,6 +129,17 @@ impl SecretStore for LocalStore {
                 path: self.label(path),
                 detail: format!("{} is not a KV entry: {e}", file.display()),
             })?;
+        if parsed.destroyed {
+            // As Vault: a destroyed latest version is neither absent nor readable.
+            return Err(StoreError::Deleted {
+                path: self.label(path),
+                version,
+                problem: format!(
+                    "its latest version ({version}) was destroyed; the entry is neither absent nor usable, so nothing was written (remove {} to start over)",
+                    dir.display()
+                ),
+            });
+        }
         Ok(Some(KvEntry {
             data: parsed.data.into_iter().collect(),
             version,
@@ -177,6 +191,7 @@ impl SecretStore for LocalStore {
         let body = serde_json::to_vec_pretty(&VersionFile {
             data: data.as_map().clone(),
             created_time,
+            destroyed: false,
         })
         .map_err(|e| StoreError::Malformed {
             operation: "write",
@@ -210,6 +225,54 @@ impl SecretStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(WriteOutcome::Conflict),
             Err(e) => Err(self.io_error("write", path, &target, &e)),
         }
+    }
+
+    /// Replaces each existing version's file with a destroyed marker (its data gone, its
+    /// number kept), through a temporary file and `rename(2)`, so a crash leaves either the
+    /// version or its marker. Missing versions are skipped, as Vault skips them.
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        let op = "destroy versions of";
+        let dir = self.entry_dir(path, op)?;
+        for &version in versions {
+            let file = version_file(&dir, version);
+            let created_time = match fs::read_to_string(&file) {
+                Ok(text) => serde_json::from_str::<VersionFile>(&text)
+                    .map(|v| v.created_time)
+                    .unwrap_or_default(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io_error(op, path, &file, &e)),
+            };
+            let body = serde_json::to_vec_pretty(&VersionFile {
+                data: std::collections::BTreeMap::new(),
+                created_time,
+                destroyed: true,
+            })
+            .map_err(|e| StoreError::Malformed {
+                operation: op,
+                path: self.label(path),
+                detail: e.to_string(),
+            })?;
+            let temp = dir.join(format!(
+                ".tmp-{}-{}",
+                std::process::id(),
+                TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let replaced = (|| {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&temp)?;
+                f.write_all(&body)?;
+                f.sync_all()?;
+                fs::rename(&temp, &file)
+            })();
+            if let Err(e) = replaced {
+                let _ = fs::remove_file(&temp);
+                return Err(self.io_error(op, path, &file, &e));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -279,6 +342,34 @@ mod tests {
             }
         }
         assert_eq!(winners, 1);
+    }
+
+    #[tokio::test]
+    async fn destroyed_versions_keep_their_number_and_lose_their_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        store.write("a", &data("key"), 0).await.unwrap();
+        store.write("a", &data("bundle"), 1).await.unwrap();
+        store.destroy_versions("a", &[1, 7]).await.unwrap();
+        // Repeating it, and destroying under a path that does not exist, is harmless.
+        store.destroy_versions("a", &[1]).await.unwrap();
+        store.destroy_versions("nothing", &[1]).await.unwrap();
+        let v1 = fs::read_to_string(dir.path().join("secret/a/.v1.json")).unwrap();
+        assert!(!v1.contains("key") && v1.contains("destroyed"), "{v1}");
+        assert_eq!(
+            store.read("a").await.unwrap().unwrap().data.get("field"),
+            Some("bundle")
+        );
+        // The next write still needs the current version; a destroyed latest is not absent.
+        assert_eq!(
+            store.write("a", &data("x"), 0).await.unwrap(),
+            WriteOutcome::Conflict
+        );
+        store.destroy_versions("a", &[2]).await.unwrap();
+        assert!(matches!(
+            store.read("a").await,
+            Err(StoreError::Deleted { version: 2, .. })
+        ));
     }
 
     #[tokio::test]

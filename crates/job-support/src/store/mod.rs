@@ -209,6 +209,12 @@ pub trait SecretStore {
         data: &SecretData,
         cas: u64,
     ) -> Result<WriteOutcome, StoreError>;
+
+    /// Permanently removes the data of `versions` of `path` (KV v2 `destroy`): the version
+    /// numbers stay taken, their data is gone, and a read of a destroyed latest version is
+    /// [`StoreError::Deleted`]. Versions that do not exist, or are already destroyed, are
+    /// skipped, as Vault does, so a repeated call after a crash is harmless.
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError>;
 }
 
 /// Rejects paths that could escape the mount or the state directory.

@@ -33,31 +33,70 @@ pub enum Operation {
         /// Whether it was written.
         written: bool,
     },
+    /// A destroy of these versions of the path, and whether it was performed.
+    Destroy {
+        /// The path.
+        path: String,
+        /// The versions named.
+        versions: Vec<u64>,
+        /// Whether it was performed (not a scripted failure).
+        done: bool,
+    },
 }
 
-/// The mount's contents: every version of every entry. Interventions get it mutably to act
-/// as a concurrent run would.
+/// The mount's contents: every version of every entry (`None`: destroyed). Interventions get
+/// it mutably to act as a concurrent run would.
 #[derive(Debug, Default, Clone)]
 pub struct Contents {
-    entries: BTreeMap<String, Vec<SecretData>>,
+    entries: BTreeMap<String, Vec<Option<SecretData>>>,
 }
 
 impl Contents {
-    /// The current version of `path`.
+    /// The current version of `path` (`None` also when it is destroyed).
     #[must_use]
     pub fn current(&self, path: &str) -> Option<KvEntry> {
         let versions = self.entries.get(path)?;
-        versions.last().map(|data| KvEntry {
+        versions.last()?.as_ref().map(|data| KvEntry {
             data: data.clone(),
             version: versions.len() as u64,
         })
     }
 
+    /// The data of `version` of `path`, as `vault kv get -version=N` reads it: `None` when
+    /// it does not exist or was destroyed.
+    #[must_use]
+    pub fn version(&self, path: &str, version: u64) -> Option<SecretData> {
+        let index = usize::try_from(version.checked_sub(1)?).ok()?;
+        self.entries.get(path)?.get(index)?.clone()
+    }
+
+    /// How many versions `path` has had, destroyed ones included.
+    #[must_use]
+    pub fn versions(&self, path: &str) -> u64 {
+        self.entries.get(path).map_or(0, |v| v.len() as u64)
+    }
+
     /// Writes `data` over whatever is there (a concurrent writer that won); the new version.
     pub fn put(&mut self, path: &str, data: SecretData) -> u64 {
         let versions = self.entries.entry(path.to_owned()).or_default();
-        versions.push(data);
+        versions.push(Some(data));
         versions.len() as u64
+    }
+
+    /// Destroys `versions` of `path` as KV v2 does: their data goes, their numbers stay;
+    /// versions that do not exist are skipped.
+    pub fn destroy(&mut self, path: &str, versions: &[u64]) {
+        if let Some(stored) = self.entries.get_mut(path) {
+            for &version in versions {
+                let slot = usize::try_from(version)
+                    .ok()
+                    .and_then(|v| v.checked_sub(1))
+                    .and_then(|i| stored.get_mut(i));
+                if let Some(slot) = slot {
+                    *slot = None;
+                }
+            }
+        }
     }
 
     /// Removes every version of `path`, as `vault kv metadata delete` does.
@@ -114,6 +153,7 @@ enum Kind {
     Read,
     List,
     Write,
+    Destroy,
 }
 
 #[derive(Default)]
@@ -231,6 +271,11 @@ impl ScriptedStore {
         self.add(Kind::Write, path, nth, Action::Fail(error));
     }
 
+    /// The `nth` destroy of versions of `path` fails with `error` and destroys nothing.
+    pub fn fail_destroy(&self, path: &str, nth: usize, error: StoreError) {
+        self.add(Kind::Destroy, path, nth, Action::Fail(error));
+    }
+
     /// The `nth` read of `path` fails with `error`.
     pub fn fail_read(&self, path: &str, nth: usize, error: StoreError) {
         self.add(Kind::Read, path, nth, Action::Fail(error));
@@ -277,6 +322,16 @@ impl SecretStore for ScriptedStore {
         let mut state = self.state();
         state.log.push(Operation::Read(path.to_owned()));
         Self::fire(&mut state, Kind::Read, path)?;
+        let stored = state.contents.versions(path);
+        if stored > 0 && state.contents.current(path).is_none() {
+            // Vault answers a destroyed latest version with 404 and its metadata; the Vault
+            // store reports that as `Deleted`, never as absent.
+            return Err(StoreError::Deleted {
+                path: format!("scripted/{path}"),
+                version: stored,
+                problem: format!("its latest version ({stored}) was destroyed"),
+            });
+        }
         Ok(state.contents.current(path))
     }
 
@@ -311,6 +366,20 @@ impl SecretStore for ScriptedStore {
             written: matches!(outcome, WriteOutcome::Written { .. }),
         });
         Ok(outcome)
+    }
+
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        check_path(path).map_err(|d| malformed("destroy versions of", path, d))?;
+        let mut state = self.state();
+        let fired = Self::fire(&mut state, Kind::Destroy, path);
+        state.log.push(Operation::Destroy {
+            path: path.to_owned(),
+            versions: versions.to_vec(),
+            done: fired.is_ok(),
+        });
+        fired?;
+        state.contents.destroy(path, versions);
+        Ok(())
     }
 }
 
@@ -396,6 +465,28 @@ mod tests {
             assert!(store.write("a", &data("1"), 0).await.is_ok());
         });
         assert_eq!(store.written(), ["a"]);
+    }
+
+    #[test]
+    fn destroyed_versions_keep_their_number() {
+        let store = ScriptedStore::new();
+        store.put("a", data("key"));
+        store.put("a", data("bundle"));
+        block_on(async {
+            store.destroy_versions("a", &[1, 5]).await.unwrap();
+            store.destroy_versions("none", &[1]).await.unwrap();
+            assert_eq!(store.contents().version("a", 1), None);
+            assert_eq!(store.read("a").await.unwrap().unwrap().version, 2);
+            assert_eq!(
+                store.write("a", &data("x"), 1).await.unwrap(),
+                WriteOutcome::Conflict
+            );
+            store.destroy_versions("a", &[2]).await.unwrap();
+            assert!(matches!(
+                store.read("a").await,
+                Err(StoreError::Deleted { version: 2, .. })
+            ));
+        });
     }
 
     #[test]

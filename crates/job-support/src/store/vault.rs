@@ -620,6 +620,36 @@ impl SecretStore for VaultStore {
             Err(gave_up) => Err(self.kv_failure("write", &label, gave_up).await),
         }
     }
+
+    /// `PUT <mount>/destroy/<path>` with `{"versions": [...]}`. Vault skips versions that do
+    /// not exist and answers 204 for a path that does not exist ("If no key exists at the
+    /// path, no action is taken": Vault's `kv destroy` documentation; OpenBao
+    /// `internal/builtin/logical/kv/path_destroy.go`), so a retry after a crash is harmless.
+    async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
+        let label = self.label(path);
+        check_path(path).map_err(|detail| StoreError::Malformed {
+            operation: "destroy versions of",
+            path: label.clone(),
+            detail,
+        })?;
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let mount = &self.settings.kv_mount;
+        let result = self
+            .send("destroy versions of", &label, || async {
+                vaultrs::kv2::destroy_versions(&self.client, mount, path, versions.to_vec())
+                    .await
+                    .map_err(Attempt::of)
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(gave_up) => Err(self
+                .kv_failure("destroy versions of", &label, gave_up)
+                .await),
+        }
+    }
 }
 
 /// What a KV v2 read found.
