@@ -439,6 +439,17 @@ impl SecretStore for AnyStore {
             Self::Local(s) => s.destroy_versions(path, versions).await,
         }
     }
+
+    async fn read_version(
+        &self,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<SecretData>, StoreError> {
+        match self {
+            Self::Vault(s) => s.read_version(path, version).await,
+            Self::Local(s) => s.read_version(path, version).await,
+        }
+    }
 }
 
 /// A configured key algorithm that differs from the one of a key already stored: the stored

@@ -193,6 +193,7 @@ impl<S: SecretStore> Issuer<'_, S> {
                     )
                     .into());
                 };
+                self.check_older_versions(entry, key_field).await?;
                 let pending = self
                     .copy_to_target(choice, entry, cert_field, key_field, &ca)
                     .await?;
@@ -202,6 +203,39 @@ impl<S: SecretStore> Issuer<'_, S> {
                 })
             }
         }
+    }
+
+    /// The move ends by destroying every version of the bundle path up to the adopted one,
+    /// since any of them may hold the key where `eso-pki-reader` can read it. Before the
+    /// first write, each earlier version is read: one that holds another private key (an
+    /// older CA of the previous scripts, say) would be lost, so the run stops and says how to
+    /// keep it.
+    async fn check_older_versions(&self, source: &KvEntry, key_field: &str) -> Result<()> {
+        let path = &self.pki.ca_path;
+        let adopted = source.data.get(key_field).unwrap_or_default().trim();
+        let mut other_keys = Vec::new();
+        for version in 1..source.version {
+            let Some(data) = self.store.read_version(path, version).await? else {
+                continue;
+            };
+            let holds_other_key = data
+                .iter()
+                .any(|(_, value)| value.contains("PRIVATE KEY-----") && value.trim() != adopted);
+            if holds_other_key {
+                other_keys.push(version);
+            }
+        }
+        if other_keys.is_empty() {
+            return Ok(());
+        }
+        let versions = format_versions(&other_keys);
+        Err(self.invalid(
+            path,
+            format!(
+                "version(s) {versions} hold another private key than the CA being adopted, and adopting it destroys every earlier version; keep that key first (vault kv get -version=N {label}), then destroy those versions (vault kv destroy -versions={versions} {label}) and run again. Nothing was written",
+                label = self.label(path),
+            ),
+        ))
     }
 
     /// A move recorded at either target and not finished, with the choice it stands for.

@@ -909,3 +909,42 @@ fn the_previous_cas_crl_is_re_signed_with_ours() {
     assert_eq!((ours, previous), (Some(2), Some(2)));
     assert_eq!(next, Some(later + Duration::days(14)));
 }
+
+#[test]
+fn an_older_version_holding_another_key_stops_the_adoption_before_any_write() {
+    let store = ScriptedStore::new();
+    // The previous scripts were run twice: version 2 holds a first CA, version 3 the second.
+    let first = previous_scripts_ca(&store, ("cert", "key"));
+    let second = pki_core::generate_root_ca(
+        &pki_core::CaParams {
+            subject: pki_core::SubjectName::new("NAS", "Client CA"),
+            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
+            validity: Duration::days(3650),
+        },
+        t0() - Duration::days(10),
+    )
+    .unwrap();
+    let mut data = SecretData::new();
+    data.insert("cert", second.certificate.to_pem());
+    data.insert("key", second.key_pem().expose());
+    assert_eq!(store.put(BUNDLE, data), 3);
+
+    for choice in [PreviousCa::Issuer, PreviousCa::Trusted] {
+        let error = converge_choosing(&store, &["alice"], t0(), Some(choice)).unwrap_err();
+        assert_eq!(
+            invalid_state(&error),
+            "invalid state at 'secret/pki/ca': version(s) 2 hold another private key than the CA being adopted, and adopting it destroys every earlier version; keep that key first (vault kv get -version=N secret/pki/ca), then destroy those versions (vault kv destroy -versions=2 secret/pki/ca) and run again. Nothing was written"
+        );
+        assert!(store.written().is_empty(), "{:?}", store.written());
+    }
+    // Once the operator has kept and destroyed it, the adoption goes ahead.
+    let contents = store.contents();
+    let store = ScriptedStore::with_contents(contents);
+    block_on(store.destroy_versions(BUNDLE, &[2])).unwrap();
+    converge_choosing(&store, &["alice"], t0(), Some(PreviousCa::Trusted)).unwrap();
+    assert!(
+        store.contents().version(BUNDLE, 3).is_none(),
+        "the adopted version is destroyed"
+    );
+    drop(first);
+}

@@ -230,6 +230,27 @@ impl SecretStore for LocalStore {
     /// Replaces each existing version's file with a destroyed marker (its data gone, its
     /// number kept), through a temporary file and `rename(2)`, so a crash leaves either the
     /// version or its marker. Missing versions are skipped, as Vault skips them.
+    async fn read_version(
+        &self,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<SecretData>, StoreError> {
+        let dir = self.entry_dir(path, "read")?;
+        let file = version_file(&dir, version);
+        let text = match fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_error("read", path, &file, &e)),
+        };
+        let parsed: VersionFile =
+            serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
+                operation: "read",
+                path: self.label(path),
+                detail: format!("{} is not a KV entry: {e}", file.display()),
+            })?;
+        Ok((!parsed.destroyed).then(|| parsed.data.into_iter().collect()))
+    }
+
     async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
         let op = "destroy versions of";
         let dir = self.entry_dir(path, op)?;

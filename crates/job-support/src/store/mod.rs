@@ -215,6 +215,15 @@ pub trait SecretStore {
     /// [`StoreError::Deleted`]. Versions that do not exist, or are already destroyed, are
     /// skipped, as Vault does, so a repeated call after a crash is harmless.
     async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError>;
+
+    /// The data of one earlier `version` of `path`, as `vault kv get -version=N` reads it:
+    /// `None` when that version does not exist, is deleted or was destroyed. Used to look at
+    /// what a destroy would remove before it does.
+    async fn read_version(
+        &self,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<SecretData>, StoreError>;
 }
 
 /// Rejects paths that could escape the mount or the state directory.

@@ -368,6 +368,18 @@ impl SecretStore for ScriptedStore {
         Ok(outcome)
     }
 
+    async fn read_version(
+        &self,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<SecretData>, StoreError> {
+        check_path(path).map_err(|d| malformed("read", path, d))?;
+        let mut state = self.state();
+        state.log.push(Operation::Read(path.to_owned()));
+        Self::fire(&mut state, Kind::Read, path)?;
+        Ok(state.contents.version(path, version))
+    }
+
     async fn destroy_versions(&self, path: &str, versions: &[u64]) -> Result<(), StoreError> {
         check_path(path).map_err(|d| malformed("destroy versions of", path, d))?;
         let mut state = self.state();

@@ -523,6 +523,53 @@ impl SecretStore for VaultStore {
         }))
     }
 
+    async fn read_version(
+        &self,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<SecretData>, StoreError> {
+        let label = self.label(path);
+        check_path(path).map_err(|detail| StoreError::Malformed {
+            operation: "read",
+            path: label.clone(),
+            detail,
+        })?;
+        let mount = &self.settings.kv_mount;
+        let answer = self
+            .send("read", &label, || async {
+                let endpoint = ReadSecretRequest::builder()
+                    .mount(mount)
+                    .path(path)
+                    .version(Some(version))
+                    .build()
+                    .map_err(|e| Attempt::Unexpected(format!("cannot build the request: {e}")))?;
+                match vaultrs::api::exec_with_result(&self.client, endpoint).await {
+                    Ok(response) => Ok(Some(response)),
+                    // A version that never was, or was deleted or destroyed: KV v2 answers 404
+                    // (with the version's metadata when it existed).
+                    Err(ClientError::APIError { code: 404, errors }) if errors.is_empty() => {
+                        Ok(None)
+                    }
+                    Err(e) if DeletedVersion::of(&e).is_some() => Ok(None),
+                    Err(e) => Err(Attempt::of(e)),
+                }
+            })
+            .await;
+        let response = match answer {
+            Ok(response) => response,
+            Err(gave_up) => return Err(self.kv_failure("read", &label, gave_up).await),
+        };
+        response
+            .map(|r| {
+                string_fields(r.data).map_err(|detail| StoreError::Malformed {
+                    operation: "read",
+                    path: label.clone(),
+                    detail,
+                })
+            })
+            .transpose()
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let label = self.label(prefix);
         check_path(prefix).map_err(|detail| StoreError::Malformed {
