@@ -4,6 +4,7 @@
 
 pub mod forwarder;
 pub mod haproxy;
+pub mod images;
 pub mod jobs;
 pub mod kube_api;
 pub mod openbao;
