@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test, with the panic message as the report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aarch64;
 mod bootstrap;
 mod client_issuer;
 mod images;
