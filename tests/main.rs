@@ -10,6 +10,7 @@ mod images;
 mod manifests;
 mod nas_sync;
 mod pki_interop;
+mod release;
 mod support;
 mod vault_ha;
 mod vault_policies;
