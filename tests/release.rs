@@ -3,7 +3,9 @@
 //! `kubernetes/` (as kustomize renders them) pull, the README shows, and the release workflow
 //! reads, refusing a git tag other than `v<version>`. The workflows pass actionlint (with
 //! shellcheck on their scripts). The workflow's push step (`scripts/push-images.sh`) is run
-//! against a real registry on loopback and what arrived is read back over the registry API.
+//! against a real registry on loopback and what arrived is read back over the registry API;
+//! its SBOM step (`scripts/sbom.sh`, cargo-cyclonedx) is run and each SBOM checked against
+//! `cargo tree` and Cargo.lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -14,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::support::images::{
-    ImageEntry, PLATFORMS, image_list, podman, target_dir, workspace_version,
+    ImageEntry, PLATFORMS, image_list, podman, rust_target, target_dir, workspace_version,
 };
 use crate::support::openbao::{free_port, workspace_root};
 use crate::support::tools::{Ran, Scratch, run};
@@ -486,6 +488,116 @@ fn the_push_step_sends_one_index_per_image_with_both_platforms_to_a_registry() {
                 entry.image
             );
             assert_eq!(config["config"]["User"], "65532:65532");
+        }
+    }
+}
+
+/// Cargo.lock's packages: (name, version) -> checksum (`None` for workspace crates).
+fn cargo_lock() -> BTreeMap<(String, String), Option<String>> {
+    let text = std::fs::read_to_string(workspace_root().join("Cargo.lock")).unwrap();
+    let mut packages = BTreeMap::new();
+    for block in text.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            block.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim_start().strip_prefix('='))
+                    .map(|v| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        packages.insert(
+            (field("name").unwrap(), field("version").unwrap()),
+            field("checksum"),
+        );
+    }
+    packages
+}
+
+/// The crates linked into `krate`'s binary for a Rust target, as `cargo tree` resolves them
+/// (no build scripts' or proc macros' dependencies: those run on the build machine).
+fn linked_crates(krate: &str, target: &str) -> BTreeSet<(String, String)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let tree = run(
+        &cargo,
+        &[
+            "tree",
+            "--locked",
+            "--offline",
+            "-q",
+            "-e",
+            "normal,no-proc-macro",
+            "--prefix",
+            "none",
+            "--target",
+            target,
+            "-p",
+            krate,
+        ],
+        &workspace_root(),
+    )
+    .ok();
+    tree.stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            let version = words.next()?.strip_prefix('v')?;
+            Some((name.to_owned(), version.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_sboms_list_every_linked_crate_with_the_checksum_cargo_lock_records() {
+    let root = workspace_root();
+    let made = run(root.join("scripts/sbom.sh").to_str().unwrap(), &[], &root);
+    assert!(made.success, "scripts/sbom.sh:\n{}", made.all());
+    let lock = cargo_lock();
+    let version = workspace_version();
+    for entry in image_list() {
+        for (platform, _) in PLATFORMS {
+            let file = target_dir()
+                .join("image/sbom")
+                .join(format!("{}-{platform}.cdx.json", entry.image));
+            let at = file.display().to_string();
+            let sbom: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
+                .unwrap_or_else(|e| panic!("{at}: {e}"));
+            assert_eq!(sbom["bomFormat"], "CycloneDX", "{at}");
+            assert_eq!(sbom["specVersion"], "1.5", "{at}");
+            let component = &sbom["metadata"]["component"];
+            assert_eq!(component["name"], entry.krate.as_str(), "{at}");
+            assert_eq!(component["version"], version.as_str(), "{at}");
+
+            let listed: BTreeMap<(String, String), &Value> = sbom["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap().to_owned();
+                    let version = c["version"].as_str().unwrap().to_owned();
+                    ((name, version), c)
+                })
+                .collect();
+            let linked = linked_crates(&entry.krate, rust_target(platform));
+            assert!(linked.len() > 50, "{}: {linked:?}", entry.krate);
+            for (name, version) in linked.iter().filter(|(n, _)| *n != entry.krate) {
+                let key = (name.clone(), version.clone());
+                let Some(c) = listed.get(&key) else {
+                    panic!("{at} does not list {name} {version}");
+                };
+                // A crate from crates.io: its package URL and Cargo.lock's checksum.
+                if let Some(Some(checksum)) = lock.get(&key) {
+                    assert_eq!(
+                        c["purl"],
+                        format!("pkg:cargo/{name}@{version}"),
+                        "{at}: {name}"
+                    );
+                    assert_eq!(
+                        c["hashes"],
+                        serde_json::json!([{"alg": "SHA-256", "content": checksum}]),
+                        "{at}: {name} {version}"
+                    );
+                }
+            }
         }
     }
 }
