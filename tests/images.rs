@@ -382,3 +382,45 @@ fn elf_facts_tell_the_machine_and_a_dynamic_loader() {
     assert_eq!(elf_facts(b"#!/bin/sh\n").unwrap_err(), "not an ELF file");
     assert!(elf_facts(&host[..40]).unwrap_err().starts_with("truncated"));
 }
+
+#[test]
+fn the_dockerfile_takes_every_label_from_a_build_argument_without_a_default() {
+    let text = std::fs::read_to_string(workspace_root().join("images/Dockerfile")).unwrap();
+    // The LABEL instruction with its continuation lines.
+    let label: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("LABEL "))
+        .scan(true, |more, l| {
+            let this = more.then(|| l.trim_end_matches('\\').to_owned());
+            *more = l.ends_with('\\');
+            this
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let pairs: BTreeMap<&str, &str> = label
+        .trim_start_matches("LABEL ")
+        .split_whitespace()
+        .map(|pair| pair.split_once('=').unwrap())
+        .collect();
+    assert_eq!(
+        pairs.keys().copied().collect::<Vec<_>>(),
+        [
+            "org.opencontainers.image.description",
+            "org.opencontainers.image.licenses",
+            "org.opencontainers.image.revision",
+            "org.opencontainers.image.source",
+            "org.opencontainers.image.title",
+            "org.opencontainers.image.version",
+        ]
+    );
+    for (key, value) in pairs {
+        let argument = value
+            .strip_prefix("\"$")
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{key}={value} is not a build argument"));
+        assert!(
+            text.lines().any(|l| l == format!("ARG {argument}")),
+            "{key}: ARG {argument} is not declared without a default"
+        );
+    }
+}
