@@ -9,7 +9,8 @@
 #        pull and a release publishes; the test suite builds `test`.
 # Images: localhost/homelab-pki/<image>:<tag> (the manifest list) and :<tag>-<arch> (each
 # platform), in the container storage under target/containers (see scripts/images-lib.sh):
-#   podman --root target/containers/storage --storage-driver vfs images
+#   podman --root "$PWD/target/containers/storage" --runroot "$PWD/target/containers/run" \
+#     --storage-driver vfs images        (absolute paths: podman records them)
 # Labels (OCI): version and licenses from Cargo.toml, description from the crate, revision from
 # git (`-dirty` when tracked files differ from it), source from IMAGE_SOURCE (the release
 # workflow passes the repository's URL), else Cargo.toml's workspace repository.
