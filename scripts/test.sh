@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 ./scripts/install-test-peers.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The integration tests run the job binaries as a Pod would, and the images as Kubernetes would.
+# The integration tests run the job binaries as a Pod would, and the images as Kubernetes would:
+# both platforms' (linux/amd64, linux/arm64 under qemu-user), from the release binaries that
+# build-images.sh cross-compiles for x86_64 and aarch64.
 cargo build --workspace --bins --locked
 ./scripts/build-images.sh test
 cargo test --workspace --locked

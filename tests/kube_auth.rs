@@ -230,7 +230,7 @@ impl Clusters {
     }
 }
 
-/// The job binary an image runs (`ARG JOB=` of its Dockerfile).
+/// The job binary an image carries, as `images/images.txt` lists it.
 fn job_of_image(image: &str) -> &'static str {
     let name = image
         .rsplit_once(':')
@@ -239,23 +239,11 @@ fn job_of_image(image: &str) -> &'static str {
         .rsplit('/')
         .next()
         .unwrap();
-    let dockerfile = ["homelab", "nas"]
-        .iter()
-        .map(|c| {
-            workspace_root()
-                .join("images")
-                .join(c)
-                .join(name)
-                .join("Dockerfile")
-        })
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("no Dockerfile for {image}"));
-    let text = std::fs::read_to_string(dockerfile).unwrap();
-    let job = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ARG JOB="))
-        .unwrap();
-    match job {
+    let entry = crate::support::images::image_list()
+        .into_iter()
+        .find(|e| e.image == name)
+        .unwrap_or_else(|| panic!("{image} is not in images/images.txt"));
+    match entry.krate.as_str() {
         "bootstrap-job" => "bootstrap-job",
         "nas-sync-job" => "nas-sync-job",
         "client-issuer-job" => "client-issuer-job",

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test, with the panic message as the report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aarch64;
 mod bootstrap;
 mod client_issuer;
 mod haproxy_consumers;
@@ -14,6 +15,7 @@ mod manifests;
 mod metrics;
 mod nas_sync;
 mod pki_interop;
+mod release;
 mod support;
 mod vault_ha;
 mod vault_policies;

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::support::flux::{FluxKustomization, files_named, flux_kustomizations};
+use crate::support::images::image_list;
 use crate::support::jobs::job_bin;
 use crate::support::openbao::workspace_root;
 use crate::support::tools::{Scratch, run};
@@ -249,33 +250,16 @@ fn every_pod_meets_the_restricted_standard_and_job_hygiene() {
     assert_eq!(pods, 6, "Jobs and CronJobs found");
 }
 
-/// image name (`registry.home.arpa/homelab-pki/<name>`) -> the job binary its Dockerfile builds.
+/// image name (`registry.home.arpa/homelab-pki/<name>`) -> the job binary it carries, as
+/// `images/images.txt` lists them.
 fn images() -> Vec<(String, String)> {
-    let root = workspace_root();
-    let mut dockerfiles = Vec::new();
-    files_named(
-        &root.join("images"),
-        &|n| n == "Dockerfile",
-        &mut dockerfiles,
-    );
-    dockerfiles
-        .iter()
-        .map(|file| {
-            let name = file
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_owned();
-            let text = std::fs::read_to_string(file).unwrap();
-            let job = text
-                .lines()
-                .find_map(|l| l.strip_prefix("ARG JOB="))
-                .unwrap_or_else(|| panic!("{} has no ARG JOB=", file.display()))
-                .to_owned();
-            (format!("registry.home.arpa/homelab-pki/{name}"), job)
+    image_list()
+        .into_iter()
+        .map(|e| {
+            (
+                format!("registry.home.arpa/homelab-pki/{}", e.image),
+                e.krate,
+            )
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 pub mod flux;
 pub mod forwarder;
 pub mod haproxy;
+pub mod images;
 pub mod jobs;
 pub mod kube_api;
 pub mod kube_authn;
