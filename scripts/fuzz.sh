@@ -17,8 +17,13 @@ if ! { [ -x "$fuzz" ] && "$fuzz" --version | grep -q " $CARGO_FUZZ_VERSION"; }; 
 fi
 fuzz=$PWD/$fuzz
 cd fuzz
+log=$(mktemp); trap 'rm -f "$log"' EXIT
 for target in parse_untrusted clients_file job_config; do
   echo "fuzzing $target for ${seconds}s" >&2
-  RUSTC_BOOTSTRAP=1 "$fuzz" run "$target" -- -max_total_time="$seconds" 2>&1 |
-    grep -E '^(Done|==[0-9]+==ERROR|thread .* panicked|SUMMARY)' >&2
+  if ! RUSTC_BOOTSTRAP=1 "$fuzz" run "$target" -- -max_total_time="$seconds" >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "fuzzing $target failed; the crashing input, if any, is under fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  grep -E '^Done' "$log" >&2
 done

@@ -7,5 +7,5 @@
 mod clients_file;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = clients_file::parse_clients(&String::from_utf8_lossy(data));
+    let _ = clients_file::parse_clients_file(&String::from_utf8_lossy(data));
 });
