@@ -14,6 +14,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # build-images.sh cross-compiles for x86_64 and aarch64.
 cargo build --workspace --bins --locked
 ./scripts/build-images.sh test
-cargo test --workspace --locked
+mkdir -p target
+cargo test --workspace --locked 2>&1 | tee target/test-output.log
 # Every fuzz target for a bounded time (a few minutes in all, most of it the sanitizer build).
 ./scripts/fuzz.sh 15
+# One closing line for the whole run, summed from cargo's own result lines.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' \
+  target/test-output.log
