@@ -9,36 +9,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub struct CutProxy {
-    pub addr: String,
+/// The listening half both proxies share: accepts on a free loopback port, connects each
+/// client to `upstream` and hands the pair to `relay` on its own thread, until dropped.
+/// Dropping the listener makes later connections fail outright.
+struct Listener {
+    addr: String,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl CutProxy {
-    /// Forwards to `upstream` (`127.0.0.1:port`) until `requests` requests have gone through.
-    pub fn start(upstream: &str, requests: usize) -> Self {
+impl Listener {
+    fn start(
+        upstream: &str,
+        mut relay: impl FnMut(TcpStream, TcpStream, &Arc<AtomicBool>) + Send + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                // Dropping the listener when stopped makes later connections fail outright.
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((client, _)) => {
                             client.set_nonblocking(false).unwrap();
                             let server = TcpStream::connect(&upstream).unwrap();
-                            let (stop, seen) = (stop.clone(), seen.clone());
-                            std::thread::spawn(move || {
-                                relay(client, server, &stop, &seen, requests);
-                            });
+                            relay(client, server, &stop);
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
                     }
                 }
             })
@@ -51,11 +51,31 @@ impl CutProxy {
     }
 }
 
-impl Drop for CutProxy {
+impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+pub struct CutProxy {
+    pub addr: String,
+    _listener: Listener,
+}
+
+impl CutProxy {
+    /// Forwards to `upstream` (`127.0.0.1:port`) until `requests` requests have gone through.
+    pub fn start(upstream: &str, requests: usize) -> Self {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let listener = Listener::start(upstream, move |client, server, stop| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || relay(client, server, &stop, &seen, requests));
+        });
+        Self {
+            addr: listener.addr.clone(),
+            _listener: listener,
         }
     }
 }
@@ -102,51 +122,24 @@ fn relay(
 /// chunk, so two jobs behind it interleave their requests differently on every run.
 pub struct DelayProxy {
     pub addr: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _listener: Listener,
 }
 
 impl DelayProxy {
     pub fn start(upstream: &str, max_ms: u64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let upstream = upstream.to_owned();
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut seed = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1;
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((client, _)) => {
-                            client.set_nonblocking(false).unwrap();
-                            let server = TcpStream::connect(&upstream).unwrap();
-                            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                            std::thread::spawn(move || delay_relay(client, server, max_ms, seed));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            })
-        };
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        let listener = Listener::start(upstream, move |client, server, _| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let seed = seed;
+            std::thread::spawn(move || delay_relay(client, server, max_ms, seed));
+        });
         Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            addr: listener.addr.clone(),
+            _listener: listener,
         }
     }
 }

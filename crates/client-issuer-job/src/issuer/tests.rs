@@ -17,6 +17,24 @@ fn t0() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_768_046_400).unwrap()
 }
 
+/// A self-signed EC P-256 CA made at `at`.
+fn root_ca(
+    organization: &str,
+    common_name: &str,
+    validity: Duration,
+    at: OffsetDateTime,
+) -> pki_core::CaCredential {
+    pki_core::generate_root_ca(
+        &pki_core::CaParams {
+            subject: pki_core::SubjectName::new(organization, common_name),
+            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
+            validity,
+        },
+        at,
+    )
+    .unwrap()
+}
+
 fn client(name: &str) -> DeclaredClient {
     DeclaredClient {
         name: name.to_owned(),
@@ -274,15 +292,7 @@ fn a_bundle_that_trusts_the_ca_but_lacks_its_crl_is_invalid() {
     let store = three_clients();
     let mut data = store.current(BUNDLE).unwrap().data;
     // A CRL of some other CA in place of ours.
-    let other = pki_core::generate_root_ca(
-        &pki_core::CaParams {
-            subject: pki_core::SubjectName::new("Other", "Other CA"),
-            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
-            validity: Duration::days(30),
-        },
-        t0(),
-    )
-    .unwrap();
+    let other = root_ca("Other", "Other CA", Duration::days(30), t0());
     let crl = pki_core::sign_crl(
         &other,
         &pki_core::CrlParams {
@@ -447,15 +457,12 @@ fn repairing_a_usable_or_missing_entry_is_refused_before_any_write() {
 /// An entry as the previous scripts' `generate_client_cert` left it (`p12`, `cert`,
 /// `created`), from a CA of their own.
 fn previous_entry(name: &str) -> SecretData {
-    let ca = pki_core::generate_root_ca(
-        &pki_core::CaParams {
-            subject: pki_core::SubjectName::new("NAS", "Client CA"),
-            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
-            validity: Duration::days(3650),
-        },
+    let ca = root_ca(
+        "NAS",
+        "Client CA",
+        Duration::days(3650),
         t0() - Duration::days(100),
-    )
-    .unwrap();
+    );
     let credential = pki_core::issue_client_certificate(
         &ca,
         &pki_core::ClientCertificateParams {
@@ -589,15 +596,12 @@ fn converge_choosing(
 /// A CA as the previous scripts made it, and their entry at the bundle path: version 1 the
 /// deployment guide's `placeholder=true`, version 2 the CA and key under `fields`.
 fn previous_scripts_ca(store: &ScriptedStore, fields: (&str, &str)) -> pki_core::CaCredential {
-    let ca = pki_core::generate_root_ca(
-        &pki_core::CaParams {
-            subject: pki_core::SubjectName::new("NAS", "Client CA"),
-            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
-            validity: Duration::days(3650),
-        },
+    let ca = root_ca(
+        "NAS",
+        "Client CA",
+        Duration::days(3650),
         t0() - Duration::days(100),
-    )
-    .unwrap();
+    );
     let mut placeholder = SecretData::new();
     placeholder.insert("placeholder", "true");
     store.put(BUNDLE, placeholder);
@@ -915,15 +919,12 @@ fn an_older_version_holding_another_key_stops_the_adoption_before_any_write() {
     let store = ScriptedStore::new();
     // The previous scripts were run twice: version 2 holds a first CA, version 3 the second.
     let first = previous_scripts_ca(&store, ("cert", "key"));
-    let second = pki_core::generate_root_ca(
-        &pki_core::CaParams {
-            subject: pki_core::SubjectName::new("NAS", "Client CA"),
-            key_algorithm: pki_core::KeyAlgorithm::EcdsaP256,
-            validity: Duration::days(3650),
-        },
+    let second = root_ca(
+        "NAS",
+        "Client CA",
+        Duration::days(3650),
         t0() - Duration::days(10),
-    )
-    .unwrap();
+    );
     let mut data = SecretData::new();
     data.insert("cert", second.certificate.to_pem());
     data.insert("key", second.key_pem().expose());
