@@ -918,3 +918,67 @@ fn eight_runs_adopting_at_once_issue_one_intermediate_per_cluster() {
         assert_eq!(issued, 1, "{cluster} issued by {issued} runs");
     }
 }
+
+#[test]
+fn plan_lists_the_writes_of_a_first_run_and_makes_none() {
+    let (bao, token) = server();
+    let dir = Scratch::new();
+    let vars = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", token.as_str()),
+    ];
+    let plan = |args: &[&str]| {
+        crate::support::jobs::wait_job(crate::support::jobs::spawn_job_with_args(
+            JOB,
+            args,
+            &vars,
+            dir.path(),
+        ))
+    };
+    let first = plan(&["plan", "-o", "json"]);
+    assert_exit(&first, 10);
+    let planned: serde_json::Value = serde_json::from_str(&first.stdout).unwrap();
+    let changes: Vec<(&str, &str)> = planned["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["action"].as_str().unwrap(), c["object"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("create", "Istio root CA"),
+            ("issue", "cluster homelab"),
+            ("issue", "cluster nas"),
+        ]
+    );
+    let writes: Vec<(&str, &str)> = planned["store_writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["action"].as_str().unwrap(), w["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            ("create", "istio/ca"),
+            ("create", "istio/clusters/homelab"),
+            ("create", "istio/clusters/nas"),
+        ]
+    );
+    assert_eq!(versions(&bao), [0, 0, 0], "a plan writes nothing");
+    // No log line narrates a write the plan did not make.
+    assert!(!first.stderr.contains("created"), "{}", first.stderr);
+
+    assert_exit(&run(&bao, &token, &[]), 0);
+    let table = plan(&["plan"]);
+    assert_exit(&table, 0);
+    assert!(
+        table
+            .stdout
+            .contains("no changes: a run would write nothing"),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(versions(&bao), [1, 1, 1]);
+}

@@ -490,7 +490,7 @@ fn the_one_off_issue_command_and_the_report() {
     let (code, _, stderr) = issue(&["issue", "Dave", "dave@example.org"]);
     assert_eq!(code, 2);
     assert!(
-        stderr.contains("invalid arguments: 'Dave' is not a client name"),
+        stderr.contains("invalid value 'Dave' for '<NAME>': not a client name"),
         "{stderr}"
     );
 
@@ -1000,4 +1000,100 @@ fn the_previous_scripts_ca_as_issuer_signs_new_users() {
     .ok();
     verify_against_bundle(&s, &s.bao.dir.path().join("olduser.pem")).ok();
     verify_against_bundle(&s, &alice).ok();
+}
+
+#[test]
+fn plan_shows_issues_revocations_and_refusals_and_writes_nothing() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    let paths = [
+        "pki/issuer",
+        "pki/ca",
+        "pki/clients/alice",
+        "pki/clients/bob",
+        "pki/clients/carol",
+    ];
+    let stored = s.versions(&paths);
+    assert_eq!(stored[4], 0);
+
+    s.clients(
+        "clients:\n  - name: alice\n    email: alice@example.org\n  - name: bob\n    email: bob@example.org\n    revoked: true\n  - name: carol\n    email: carol@example.org\n",
+    );
+    let planned = s.run_args(&["plan", "-o", "json"]);
+    assert_exit(&planned, 10);
+    let json: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
+    let changes: Vec<(&str, &str)> = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["action"].as_str().unwrap(), c["object"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("revoke", "client bob"),
+            ("issue", "client carol"),
+            ("sign", "CRL"),
+            ("write", "trust bundle"),
+        ]
+    );
+    let written: Vec<&str> = json["store_writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        written.contains(&"pki/clients/carol") && written.contains(&"pki/ca"),
+        "{written:?}"
+    );
+    // Field names, never values.
+    assert!(!planned.stdout.contains("PRIVATE KEY") && !planned.stdout.contains("BEGIN"));
+    assert_eq!(s.versions(&paths), stored, "a plan writes nothing");
+
+    // The table says the same; the run then does what the plan said.
+    let table = s.run_args(&["plan"]);
+    assert_exit(&table, 10);
+    assert!(
+        table.stdout.contains("revoke  client bob"),
+        "{}",
+        table.stdout
+    );
+    let run = s.run(&[]);
+    assert_exit(&run, 0);
+    assert_eq!(
+        s.bao.kv_field("pki/clients/bob", "status").trim(),
+        "revoked"
+    );
+    assert_eq!(s.versions(&paths)[4], 1);
+    assert_exit(&s.run_args(&["plan"]), 0);
+
+    // The mass-revocation guard refuses a plan as it refuses a run.
+    s.clients("clients: []\n");
+    let guarded = s.run_args(&["plan"]);
+    assert_exit(&guarded, 2);
+    assert!(
+        guarded
+            .error()
+            .contains("this run would revoke 2 of 2 active clients"),
+        "{}",
+        guarded.error()
+    );
+
+    // `report -o json` is JSON.
+    let report = s.run_args(&["report", "-o", "json"]);
+    assert_exit(&report, 0);
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let statuses: Vec<(&str, &str)> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("alice", "active"), ("bob", "revoked"), ("carol", "active")]
+    );
+    assert_eq!(report["crl"]["revoked"], 1);
 }

@@ -508,3 +508,63 @@ fn an_unreachable_api_server_fails_after_bounded_retries() {
     );
     assert!(error.ends_with("(after 3 attempts)"), "{error}");
 }
+
+#[test]
+fn plan_names_what_a_sync_would_apply_and_applies_nothing() {
+    let s = Setup::new();
+    let plan = |s: &Setup| {
+        let kubeconfig = s.dir.path().join("kubeconfig");
+        let vars = [
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ];
+        crate::support::jobs::wait_job(crate::support::jobs::spawn_job_with_args(
+            JOB,
+            &["plan", "-o", "json"],
+            &vars,
+            s.dir.path(),
+        ))
+    };
+    let json = |run: &JobRun| -> serde_json::Value {
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+    };
+
+    let before = plan(&s);
+    assert_exit(&before, 10);
+    let planned = json(&before);
+    assert_eq!(planned["changes"][0]["action"], "create");
+    assert_eq!(
+        planned["changes"][0]["object"],
+        "Secret istio-system/cacerts"
+    );
+    assert_eq!(s.api.count("PATCH"), 0, "a plan applies nothing");
+    assert!(s.cacerts().is_none());
+
+    assert_exit(&s.run(&[]), 0);
+    let in_sync = plan(&s);
+    assert_exit(&in_sync, 0);
+    assert_eq!(json(&in_sync)["changes_pending"], false);
+
+    s.api.edit_secret(
+        "istio-system",
+        "cacerts",
+        "ca-key.pem",
+        b"hand-edited-value",
+    );
+    let patches = s.api.count("PATCH");
+    let drift = plan(&s);
+    assert_exit(&drift, 10);
+    let planned = json(&drift);
+    assert_eq!(planned["changes"][0]["action"], "restore");
+    assert_eq!(
+        planned["changes"][0]["detail"],
+        "differs in data.ca-key.pem"
+    );
+    assert!(!drift.stdout.contains("hand-edited-value") && !drift.stdout.contains("PRIVATE KEY"));
+    assert_eq!(s.api.count("PATCH"), patches, "a plan applies nothing");
+    assert_eq!(
+        s.cacerts().unwrap().0["ca-key.pem"],
+        b"hand-edited-value".to_vec()
+    );
+}

@@ -13,10 +13,12 @@ mod rotation;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::{Parser, Subcommand};
 use job_support::SecretStore;
-use job_support::cli::{JobInfo, block_on, main_with};
-use job_support::exit::{Failure, report};
-use job_support::logging;
+use job_support::cli::{Output, OutputArg, block_on, main_with};
+use job_support::exit::Failure;
+use job_support::plan::{Change, Plan as DryRun};
+use job_support::store::plan::PlanStore;
 use pki_core::time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -25,22 +27,106 @@ use crate::converge::{ClusterAction, converge};
 use crate::rotation::clusters::KubeClusters;
 use crate::rotation::{Action, Outcome, Rotation};
 
+/// Creates the shared Istio root CA and each cluster's intermediate (the cacerts files) in
+/// Vault KV v2, exactly once. Later runs verify the stored state and write nothing, except a
+/// missing cluster bundle or an intermediate due for renewal. The root is never replaced. A
+/// root written by the previous scripts (root-cert.pem, cert-chain.pem, key.pem) is adopted as
+/// it is.
+#[derive(Debug, Parser)]
+#[command(version, after_help = variables_help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create what is missing, renew what is due, verify the rest (the default, as the Job runs)
+    #[command(after_help = variables_help())]
+    Converge,
+    /// Read everything and print what `converge` would write, without writing; exits 10 when
+    /// changes are pending, 0 when there are none
+    #[command(after_help = variables_help())]
+    Plan(OutputArg),
+    /// Move the clusters to the root in stages
+    #[command(subcommand, after_help = rotate_help())]
+    Rotate(RotateCommand),
+}
+
+/// Moves every cluster's cacerts from the CA it serves today (istiod's self-signed
+/// istio-ca-secret, or its current cacerts) to an intermediate under the root, in stages.
+#[derive(Debug, Subcommand)]
+enum RotateCommand {
+    /// Report the stage, what Vault holds and what each cluster serves
+    #[command(after_help = rotate_help())]
+    Status,
+    /// Start, or move to the next stage once every cluster serves the current one and it has
+    /// settled
+    #[command(after_help = rotate_help())]
+    Advance {
+        /// Skip the two waits (never the checks)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move to the previous stage
+    #[command(after_help = rotate_help())]
+    Back,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("rotate") {
-        return rotate_main(&args[1..]);
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Rotate(command)) => rotate_main(match command {
+            RotateCommand::Status => Action::Status,
+            RotateCommand::Advance { force } => Action::Advance { force },
+            RotateCommand::Back => Action::Back,
+        }),
+        Some(Command::Plan(OutputArg { output })) => main_with(
+            true,
+            || Config::from_vars(std::env::vars().collect()),
+            |config| &config.store,
+            |config| block_on(plan(config, output)),
+        ),
+        None | Some(Command::Converge) => main_with(
+            false,
+            || Config::from_vars(std::env::vars().collect()),
+            |config| &config.store,
+            |config| {
+                block_on(async { metrics::reported(config, run(config).await).await })
+                    .map(|()| ExitCode::SUCCESS)
+            },
+        ),
     }
-    main_with(
-        JobInfo {
-            name: "bootstrap-job",
-            version: env!("CARGO_PKG_VERSION"),
-        },
-        &args,
-        help,
-        || Config::from_vars(std::env::vars().collect()),
-        |config| &config.store,
-        |config| block_on(async { metrics::reported(config, run(config).await).await }),
-    )
+}
+
+/// `plan`: the converge decision over a store that records writes instead of making them.
+async fn plan(config: &Config, output: Output) -> Result<ExitCode> {
+    let store = config.store.open().await?;
+    let dry = PlanStore::new(&store);
+    let outcome = converge(&dry, &config.plan, OffsetDateTime::now_utc()).await?;
+    let mut changes = Vec::new();
+    if outcome.root_created {
+        changes.push(Change::new(
+            "create",
+            "Istio root CA",
+            format!("new root, {} days", outcome.root_days_left),
+        ));
+    }
+    for cluster in &outcome.clusters {
+        let action = match cluster.action {
+            ClusterAction::Issued => "issue",
+            ClusterAction::Renewed => "renew",
+            _ => continue,
+        };
+        changes.push(Change::new(
+            action,
+            format!("cluster {}", cluster.cluster),
+            format!("intermediate CA, {} days", cluster.days_left),
+        ));
+    }
+    let plan = DryRun::new("bootstrap-job", store.describe(), changes, dry.changes());
+    print!("{}", plan.render(output));
+    Ok(plan.exit_code())
 }
 
 async fn run(config: &Config) -> Result<converge::Outcome> {
@@ -79,52 +165,18 @@ fn action_name(action: ClusterAction) -> String {
     }
 }
 
-/// `rotate status | advance [--force] | back`, parsed.
-fn parse_rotate(args: &[String]) -> Result<Option<Action>, String> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["-h" | "--help"] | [] => Ok(None),
-        ["status"] => Ok(Some(Action::Status)),
-        ["advance"] => Ok(Some(Action::Advance { force: false })),
-        ["advance", "--force"] => Ok(Some(Action::Advance { force: true })),
-        ["back"] => Ok(Some(Action::Back)),
-        [command, rest @ ..] if matches!(*command, "status" | "advance" | "back") => Err(format!(
-            "unexpected argument '{}' after '{command}' (see `bootstrap-job rotate --help`)",
-            rest.join(" ")
-        )),
-        [other, ..] => Err(format!(
-            "unknown rotate command '{other}'; expected status, advance [--force] or back"
-        )),
-    }
-}
-
-fn rotate_main(args: &[String]) -> ExitCode {
-    let action = match parse_rotate(args) {
-        Ok(Some(action)) => action,
-        Ok(None) => {
-            println!("{}", rotate_help());
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("bootstrap-job rotate: {message}");
-            return Failure::Config.into();
-        }
-    };
+fn rotate_main(action: Action) -> ExitCode {
     let vars: Vec<(String, String)> = std::env::vars().collect();
-    let loaded = Config::from_vars(vars.clone())
-        .and_then(|config| RotateConfig::from_vars(vars, &config).map(|r| (config, r)));
-    let (config, rotate) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            logging::init(logging::LogFormat::Auto, None);
-            return report(&e.into());
-        }
-    };
-    logging::init(config.store.log_format, config.store.log_filter.as_deref());
-    match block_on(run_rotate(&config, &rotate, action)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => report(&e),
-    }
+    main_with(
+        false,
+        || {
+            let config = Config::from_vars(vars.clone())?;
+            let rotate = RotateConfig::from_vars(vars, &config)?;
+            Ok((config, rotate))
+        },
+        |(config, _)| &config.store,
+        |(config, rotate)| block_on(run_rotate(config, rotate, action)).map(ExitCode::from),
+    )
 }
 
 async fn run_rotate(config: &Config, rotate: &RotateConfig, action: Action) -> Result<u8> {
@@ -157,18 +209,9 @@ async fn run_rotate(config: &Config, rotate: &RotateConfig, action: Action) -> R
     Ok(report.exit_code())
 }
 
-fn help() -> String {
+fn variables_help() -> String {
     format!(
-        "bootstrap-job {}\n\
-         Creates the shared Istio root CA and each cluster's intermediate (the cacerts files) in\n\
-         Vault KV v2, exactly once. Later runs verify the stored state and write nothing, except a\n\
-         missing cluster bundle or an intermediate due for renewal. The root is never replaced.\n\
-         A root written by the previous scripts (root-cert.pem, cert-chain.pem, key.pem) is\n\
-         adopted as it is.\n\n\
-         USAGE:\n    bootstrap-job            (configured through environment variables)\n    \
-         bootstrap-job rotate ... (moves the clusters to the root in stages; see rotate --help)\n\n\
-         {}\n\n{}\n\n{}\n\n{}",
-        env!("CARGO_PKG_VERSION"),
+        "{}\n\n{}\n\n{}\n\n{}",
         config::VARIABLES_HELP,
         job_support::metrics::variables_help("istio-ca-bootstrap"),
         job_support::config::STORE_VARIABLES_HELP,
@@ -178,25 +221,16 @@ fn help() -> String {
 
 fn rotate_help() -> String {
     format!(
-        "bootstrap-job rotate {}\n\
-         Moves every cluster's cacerts from the CA it serves today (istiod's self-signed\n\
-         istio-ca-secret, or its current cacerts) to an intermediate under the root, in stages:\n    \
+        "STAGES:\n    \
          0  the previous CA, imported as cacerts (restart istiod where it was self-signed)\n    \
          1  the previous CA signs; both roots trusted\n    \
          2  the new intermediate signs; both roots trusted\n    \
          3  the new intermediate signs; only the new root trusted\n\
          Each stage goes to istio/clusters/<cluster>, from where the sync copies it into cacerts.\n\
          istiod must run with ISTIO_MULTIROOT_MESH=true to take stages 1 to 3 without a restart.\n\n\
-         USAGE:\n    \
-         bootstrap-job rotate status            report the stage, what Vault holds and each cluster serves\n    \
-         bootstrap-job rotate advance           start, or move to the next stage once every cluster\n                                           \
-         serves the current one and it has settled\n    \
-         bootstrap-job rotate advance --force   the same without those two waits (never without the checks)\n    \
-         bootstrap-job rotate back              move to the previous stage\n\n\
          {}\n\n{}\n\n{}\n\n{}\n    \
          9  rotate: not advanced (a cluster does not serve the current stage yet, the stage has not\n       \
          settled, or there is no step to take); nothing was written",
-        env!("CARGO_PKG_VERSION"),
         config::ROTATE_VARIABLES_HELP,
         config::VARIABLES_HELP,
         job_support::config::STORE_VARIABLES_HELP,
@@ -207,33 +241,56 @@ fn rotate_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
-    fn args(words: &[&str]) -> Vec<String> {
-        words.iter().map(|w| (*w).to_owned()).collect()
+    fn parse(words: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bootstrap-job").chain(words.iter().copied()))
     }
 
     #[test]
-    fn rotate_commands_parse() {
-        assert_eq!(parse_rotate(&args(&["status"])), Ok(Some(Action::Status)));
-        assert_eq!(
-            parse_rotate(&args(&["advance", "--force"])),
-            Ok(Some(Action::Advance { force: true }))
-        );
-        assert_eq!(parse_rotate(&args(&["back"])), Ok(Some(Action::Back)));
-        assert_eq!(parse_rotate(&args(&[])), Ok(None));
-        assert_eq!(
-            parse_rotate(&args(&["back", "--force"])),
-            Err(
-                "unexpected argument '--force' after 'back' (see `bootstrap-job rotate --help`)"
-                    .into()
-            )
-        );
-        assert_eq!(
-            parse_rotate(&args(&["forward"])),
-            Err(
-                "unknown rotate command 'forward'; expected status, advance [--force] or back"
-                    .into()
-            )
-        );
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_parse_and_mistakes_are_usage_errors() {
+        assert!(parse(&[]).unwrap().command.is_none());
+        assert!(matches!(
+            parse(&["rotate", "advance", "--force"]).unwrap().command,
+            Some(Command::Rotate(RotateCommand::Advance { force: true }))
+        ));
+        assert!(matches!(
+            parse(&["plan", "-o", "json"]).unwrap().command,
+            Some(Command::Plan(OutputArg {
+                output: Output::Json
+            }))
+        ));
+        for wrong in [
+            &["rotate", "back", "--force"][..],
+            &["rotate", "forward"],
+            &["plan", "-o", "yaml"],
+            &["converge", "extra"],
+            &["--unknown"],
+        ] {
+            let error = parse(wrong).unwrap_err();
+            assert_eq!(error.exit_code(), Failure::Config as i32, "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn every_subcommand_has_help_with_the_variables_and_exit_codes() {
+        for words in [
+            &["--help"][..],
+            &["plan", "--help"],
+            &["converge", "--help"],
+            &["rotate", "--help"],
+            &["rotate", "advance", "--help"],
+        ] {
+            let help = parse(words).unwrap_err();
+            assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+            let text = help.to_string();
+            assert!(text.contains("EXIT CODES:"), "{words:?}: {text}");
+            assert!(!text.to_lowercase().contains("seed"), "{words:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use job_support::metrics::{RunMetrics, label};
 use pki_core::time::OffsetDateTime;
 
-use crate::issuer::{ClientAction, Inventory, RunSummary, rfc3339};
+use crate::issuer::{ClientAction, ClientStatus, Inventory, RunSummary, rfc3339};
 
 /// The `report` table: one line per client, the entries that need an operator, then the CA
 /// and CRL.
@@ -26,15 +26,7 @@ pub fn table(inventory: &Inventory, now: OffsetDateTime) -> String {
     );
     for c in clients {
         let days = (c.not_after - now).whole_days();
-        let status = if c.revoked {
-            "revoked"
-        } else if days < 0 {
-            "expired"
-        } else if c.action == ClientAction::Unusable {
-            "unusable"
-        } else {
-            "active"
-        };
+        let status = status(c, days);
         let profile = c.profile.map_or("previous", |p| p.name());
         let email = if c.email.is_empty() { "-" } else { &c.email };
         let _ = writeln!(
@@ -79,6 +71,68 @@ pub fn table(inventory: &Inventory, now: OffsetDateTime) -> String {
         );
     }
     out
+}
+
+/// A client's status in the report.
+fn status(client: &ClientStatus, days_left: i64) -> &'static str {
+    if client.revoked {
+        "revoked"
+    } else if days_left < 0 {
+        "expired"
+    } else if client.action == ClientAction::Unusable {
+        "unusable"
+    } else {
+        "active"
+    }
+}
+
+/// The `report -o json` document: the same facts as the table, for scripts.
+#[must_use]
+pub fn json(inventory: &Inventory, now: OffsetDateTime) -> String {
+    let clients: Vec<serde_json::Value> = inventory
+        .clients
+        .iter()
+        .map(|c| {
+            let days = (c.not_after - now).whole_days();
+            serde_json::json!({
+                "name": c.name,
+                "email": c.email,
+                "serial": c.serial,
+                "not_after": rfc3339(c.not_after),
+                "days_left": days,
+                "status": status(c, days),
+                "profile": c.profile.map_or("previous", |p| p.name()),
+            })
+        })
+        .collect();
+    let attention: Vec<serde_json::Value> = inventory
+        .attention
+        .iter()
+        .map(|a| serde_json::json!({ "name": a.name, "problem": a.problem }))
+        .collect();
+    let ca = inventory.ca.as_ref().map(|ca| {
+        serde_json::json!({
+            "subject": ca.info().subject,
+            "fingerprint_sha256": ca.info().fingerprint_sha256,
+            "not_after": rfc3339(ca.info().not_after),
+            "days_left": ca.info().days_left(now),
+        })
+    });
+    let crl = inventory.crl.as_ref().map(|crl| {
+        let info = crl.info();
+        serde_json::json!({
+            "crl_number": info.crl_number.unwrap_or_default(),
+            "revoked": info.revoked.len(),
+            "next_update": info.next_update.map(rfc3339),
+        })
+    });
+    let document = serde_json::json!({
+        "clients": clients,
+        "attention": attention,
+        "ca": ca,
+        "crl": crl,
+    });
+    serde_json::to_string_pretty(&document).unwrap_or_default()
 }
 
 /// The gauges of a run that finished its work; [`job_support::metrics`] adds the run gauges

@@ -1,50 +1,43 @@
-//! The `main` every job shares: `--help` and `--version`, configuration from the environment,
-//! logging set up from it, the run, and the error chain printed once as an exit code.
+//! The `main` every job shares: configuration from the environment, logging set up from it,
+//! the run, and the error chain printed once as an exit code. Arguments are parsed by each
+//! job with `clap` before this runs (so `--help` and `--version` need no configuration);
+//! the `-o` option of `plan` and `report` is defined here once.
 
 use std::process::ExitCode;
 
 use crate::config::{ConfigError, StoreConfig};
-use crate::exit::{Failure, report};
+use crate::exit::report;
 use crate::logging;
 
-/// A job's identity for `--help` and `--version`.
-#[derive(Debug, Clone, Copy)]
-pub struct JobInfo {
-    /// Binary name.
-    pub name: &'static str,
-    /// Version.
-    pub version: &'static str,
+/// How `plan` and `report` print what they found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns, for a terminal.
+    #[default]
+    Table,
+    /// One JSON document on stdout, for scripts.
+    Json,
 }
 
-/// Handles the arguments of a job configured only through its environment: `-h`/`--help`
-/// prints `help`, `-V`/`--version` the version, anything else is a configuration error.
-/// Otherwise loads the configuration, sets up logging from it, and runs.
+/// The `-o table|json` option.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OutputArg {
+    /// Print a table (the default) or JSON.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Loads the configuration, sets up logging from it, and runs; the run's error, if any, is
+/// printed once and mapped to its exit code. `run` returns the code of a run that finished
+/// (0, or a documented code such as "changes pending"). A `quiet` command (a `plan`, whose
+/// output is its report) logs warnings and errors only, unless `RUST_LOG` says otherwise: its
+/// info lines would narrate writes it does not make.
 pub fn main_with<C>(
-    job: JobInfo,
-    args: &[String],
-    help: impl FnOnce() -> String,
+    quiet: bool,
     load: impl FnOnce() -> Result<C, ConfigError>,
     store_of: impl Fn(&C) -> &StoreConfig,
-    run: impl FnOnce(&C) -> anyhow::Result<()>,
+    run: impl FnOnce(&C) -> anyhow::Result<ExitCode>,
 ) -> ExitCode {
-    match args.first().map(String::as_str) {
-        Some("-h" | "--help") => {
-            println!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Some("-V" | "--version") => {
-            println!("{} {}", job.name, job.version);
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!(
-                "{}: unexpected argument '{other}'; it is configured through the environment (see --help)",
-                job.name
-            );
-            return Failure::Config.into();
-        }
-        None => {}
-    }
     let config = match load() {
         Ok(config) => config,
         Err(e) => {
@@ -53,9 +46,14 @@ pub fn main_with<C>(
         }
     };
     let store = store_of(&config);
-    logging::init(store.log_format, store.log_filter.as_deref());
+    let filter = match (&store.log_filter, quiet) {
+        (Some(filter), _) => Some(filter.as_str()),
+        (None, true) => Some("warn"),
+        (None, false) => None,
+    };
+    logging::init(store.log_format, filter);
     match run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => report(&e),
     }
 }

@@ -45,7 +45,8 @@ EXIT CODES:
     5  existing state is invalid, or its latest version is deleted (nothing was written)
     6  Vault policy or Kubernetes RBAC refuses a read or write
     7  the Kubernetes API refused an object (e.g. its namespace does not exist)
-    8  done, but entries were left alone that an operator must look at (each named)";
+    8  done, but entries were left alone that an operator must look at (each named)
+   10  plan: changes are pending (a run would make them); nothing was written";
 
     /// The class of an error chain: the first error in it that has a class.
     #[must_use]

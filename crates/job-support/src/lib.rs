@@ -10,6 +10,7 @@ pub mod config;
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod plan;
 pub mod retry;
 pub mod store;
 

@@ -80,6 +80,25 @@ pub trait SecretTarget {
     -> anyhow::Result<()>;
 }
 
+/// A `plan` (dry run): reads through to the real target, applies nothing. The sync's outcomes
+/// then say what a run would create or restore.
+#[derive(Debug)]
+pub struct PlanTarget<'a, T>(pub &'a T);
+
+impl<T: SecretTarget> SecretTarget for PlanTarget<'_, T> {
+    fn describe(&self) -> String {
+        format!("plan (nothing applied) over {}", self.0.describe())
+    }
+
+    async fn get(&self, namespace: &str, name: &str) -> anyhow::Result<Option<SecretState>> {
+        self.0.get(namespace, name).await
+    }
+
+    async fn apply(&self, _: &str, _: &str, _: &SecretState) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 /// The Kubernetes API.
 pub struct KubeTarget {
     client: kube::Client,

@@ -10,6 +10,7 @@ use zeroize::Zeroize;
 use crate::exit::Failure;
 
 pub mod local;
+pub mod plan;
 #[cfg(any(test, feature = "test-support"))]
 pub mod scripted;
 pub mod vault;
