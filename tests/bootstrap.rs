@@ -5,7 +5,7 @@
 use pki_core::time::{Duration, OffsetDateTime};
 use pki_core::{CaParams, KeyAlgorithm, SubjectName, generate_root_ca};
 
-use crate::support::jobs::{JobRun, run_job, spawn_job, wait_job};
+use crate::support::jobs::{JobRun, field_pairs, run_job, spawn_job, wait_job};
 use crate::support::kube_api::FakeApiServer;
 use crate::support::openbao::{OpenBao, TokenIssuer, free_port};
 use crate::support::proxy::CutProxy;
@@ -937,29 +937,17 @@ fn plan_lists_the_writes_of_a_first_run_and_makes_none() {
     };
     let first = plan(&["plan", "-o", "json"]);
     assert_exit(&first, 10);
-    let planned: serde_json::Value = serde_json::from_str(&first.stdout).unwrap();
-    let changes: Vec<(&str, &str)> = planned["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["action"].as_str().unwrap(), c["object"].as_str().unwrap()))
-        .collect();
+    let planned = first.stdout_json();
     assert_eq!(
-        changes,
+        field_pairs(&planned, "changes", "action", "object"),
         [
             ("create", "Istio root CA"),
             ("issue", "cluster homelab"),
             ("issue", "cluster nas"),
         ]
     );
-    let writes: Vec<(&str, &str)> = planned["store_writes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| (w["action"].as_str().unwrap(), w["path"].as_str().unwrap()))
-        .collect();
     assert_eq!(
-        writes,
+        field_pairs(&planned, "store_writes", "action", "path"),
         [
             ("create", "istio/ca"),
             ("create", "istio/clusters/homelab"),

@@ -8,7 +8,9 @@ use pki_core::time::{Duration, OffsetDateTime};
 use pki_core::{CaParams, CrlParams, KeyAlgorithm, SubjectName, generate_root_ca, sign_crl};
 
 use crate::support::haproxy::{HaProxy, P12_PASSWORD, p12_for};
-use crate::support::jobs::{JobRun, run_job, spawn_job, spawn_job_with_args, wait_job};
+use crate::support::jobs::{
+    JobRun, field_pairs, run_job, spawn_job, spawn_job_with_args, wait_job,
+};
 use crate::support::openbao::{OpenBao, free_port};
 use crate::support::tools::{Scratch, keytool, openssl, run};
 
@@ -1022,15 +1024,9 @@ fn plan_shows_issues_revocations_and_refusals_and_writes_nothing() {
     );
     let planned = s.run_args(&["plan", "-o", "json"]);
     assert_exit(&planned, 10);
-    let json: serde_json::Value = serde_json::from_str(&planned.stdout).unwrap();
-    let changes: Vec<(&str, &str)> = json["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["action"].as_str().unwrap(), c["object"].as_str().unwrap()))
-        .collect();
+    let json = planned.stdout_json();
     assert_eq!(
-        changes,
+        field_pairs(&json, "changes", "action", "object"),
         [
             ("revoke", "client bob"),
             ("issue", "client carol"),
@@ -1084,15 +1080,9 @@ fn plan_shows_issues_revocations_and_refusals_and_writes_nothing() {
     // `report -o json` is JSON.
     let report = s.run_args(&["report", "-o", "json"]);
     assert_exit(&report, 0);
-    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
-    let statuses: Vec<(&str, &str)> = report["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap()))
-        .collect();
+    let report = report.stdout_json();
     assert_eq!(
-        statuses,
+        field_pairs(&report, "clients", "name", "status"),
         [("alice", "active"), ("bob", "revoked"), ("carol", "active")]
     );
     assert_eq!(report["crl"]["revoked"], 1);

@@ -526,13 +526,10 @@ fn plan_names_what_a_sync_would_apply_and_applies_nothing() {
             s.dir.path(),
         ))
     };
-    let json = |run: &JobRun| -> serde_json::Value {
-        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
-    };
 
     let before = plan(&s);
     assert_exit(&before, 10);
-    let planned = json(&before);
+    let planned = before.stdout_json();
     assert_eq!(planned["changes"][0]["action"], "create");
     assert_eq!(
         planned["changes"][0]["object"],
@@ -544,7 +541,7 @@ fn plan_names_what_a_sync_would_apply_and_applies_nothing() {
     assert_exit(&s.run(&[]), 0);
     let in_sync = plan(&s);
     assert_exit(&in_sync, 0);
-    assert_eq!(json(&in_sync)["changes_pending"], false);
+    assert_eq!(in_sync.stdout_json()["changes_pending"], false);
 
     s.api.edit_secret(
         "istio-system",
@@ -555,7 +552,7 @@ fn plan_names_what_a_sync_would_apply_and_applies_nothing() {
     let patches = s.api.count("PATCH");
     let drift = plan(&s);
     assert_exit(&drift, 10);
-    let planned = json(&drift);
+    let planned = drift.stdout_json();
     assert_eq!(planned["changes"][0]["action"], "restore");
     assert_eq!(
         planned["changes"][0]["detail"],

@@ -102,3 +102,30 @@ pub fn wait_job(child: Child) -> JobRun {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+impl JobRun {
+    /// Standard output as one JSON document (`plan -o json`, `report -o json`).
+    pub fn stdout_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// The `(a, b)` string fields of each object in the array at `list`, e.g. a plan's
+/// `("action", "object")` pairs.
+pub fn field_pairs<'a>(
+    document: &'a serde_json::Value,
+    list: &str,
+    a: &str,
+    b: &str,
+) -> Vec<(&'a str, &'a str)> {
+    document[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array '{list}' in {document}"))
+        .iter()
+        .map(|item| {
+            let field = |name: &str| item[name].as_str().unwrap_or_default();
+            (field(a), field(b))
+        })
+        .collect()
+}

@@ -210,13 +210,7 @@ async fn run_rotate(config: &Config, rotate: &RotateConfig, action: Action) -> R
 }
 
 fn variables_help() -> String {
-    format!(
-        "{}\n\n{}\n\n{}\n\n{}",
-        config::VARIABLES_HELP,
-        job_support::metrics::variables_help("istio-ca-bootstrap"),
-        job_support::config::STORE_VARIABLES_HELP,
-        Failure::TABLE
-    )
+    job_support::cli::variables_help(config::VARIABLES_HELP, "istio-ca-bootstrap")
 }
 
 fn rotate_help() -> String {

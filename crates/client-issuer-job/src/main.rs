@@ -345,13 +345,7 @@ fn read_clients_file(config: &Config) -> Result<ClientsFile> {
 }
 
 fn variables_help() -> String {
-    format!(
-        "{}\n\n{}\n\n{}\n\n{}",
-        config::VARIABLES_HELP,
-        job_support::metrics::variables_help("client-issuer"),
-        job_support::config::STORE_VARIABLES_HELP,
-        Failure::TABLE
-    )
+    job_support::cli::variables_help(config::VARIABLES_HELP, "client-issuer")
 }
 
 #[cfg(test)]

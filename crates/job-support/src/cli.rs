@@ -27,6 +27,18 @@ pub struct OutputArg {
     pub output: Output,
 }
 
+/// The text under every command's `--help`: the job's own variables, the Pushgateway's (for
+/// the `job` label `metrics_job`), the store's, and the exit codes.
+#[must_use]
+pub fn variables_help(job_variables: &str, metrics_job: &str) -> String {
+    format!(
+        "{job_variables}\n\n{}\n\n{}\n\n{}",
+        crate::metrics::variables_help(metrics_job),
+        crate::config::STORE_VARIABLES_HELP,
+        crate::exit::Failure::TABLE
+    )
+}
+
 /// Loads the configuration, sets up logging from it, and runs; the run's error, if any, is
 /// printed once and mapped to its exit code. `run` returns the code of a run that finished
 /// (0, or a documented code such as "changes pending"). A `quiet` command (a `plan`, whose

@@ -15,7 +15,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use job_support::SecretStore;
 use job_support::cli::{Output, OutputArg, block_on, main_with};
-use job_support::exit::Failure;
 use job_support::plan::{Change, Plan};
 use pki_core::time::OffsetDateTime;
 use tracing::info;
@@ -177,19 +176,14 @@ async fn sync_with(
 }
 
 fn variables_help() -> String {
-    format!(
-        "{}\n\n{}\n\n{}\n\n{}",
-        config::VARIABLES_HELP,
-        job_support::metrics::variables_help("nas-sync"),
-        job_support::config::STORE_VARIABLES_HELP,
-        Failure::TABLE
-    )
+    job_support::cli::variables_help(config::VARIABLES_HELP, "nas-sync")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use job_support::exit::Failure;
 
     fn parse(words: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("nas-sync-job").chain(words.iter().copied()))
