@@ -53,16 +53,17 @@ impl RevocationReason {
         }
     }
 
+    /// Every reason this crate writes.
+    const ALL: [Self; 5] = [
+        Self::Unspecified,
+        Self::KeyCompromise,
+        Self::AffiliationChanged,
+        Self::Superseded,
+        Self::CessationOfOperation,
+    ];
+
     fn from_code(code: u8) -> Option<Self> {
-        [
-            Self::Unspecified,
-            Self::KeyCompromise,
-            Self::AffiliationChanged,
-            Self::Superseded,
-            Self::CessationOfOperation,
-        ]
-        .into_iter()
-        .find(|r| r.code() == code)
+        Self::ALL.into_iter().find(|r| r.code() == code)
     }
 
     fn to_rcgen(self) -> rcgen::RevocationReason {
@@ -86,15 +87,9 @@ impl FromStr for RevocationReason {
     type Err = PkiError;
 
     fn from_str(s: &str) -> Result<Self> {
-        [
-            Self::Unspecified,
-            Self::KeyCompromise,
-            Self::AffiliationChanged,
-            Self::Superseded,
-            Self::CessationOfOperation,
-        ]
-        .into_iter()
-        .find(|r| r.name() == s)
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
         .ok_or_else(|| PkiError::InvalidParameter {
             name: "revocation reason",
             reason: format!(

@@ -67,24 +67,24 @@ mod tests {
     const START: OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
     const END: OffsetDateTime = datetime!(2026-12-31 0:00 UTC);
 
+    /// Not due at `before`, due at `after`, for a certificate valid from START to END.
+    #[track_caller]
+    fn assert_due_between(policy: &RenewalPolicy, before: OffsetDateTime, after: OffsetDateTime) {
+        assert!(!renewal_due(before, START, END, policy), "due at {before}");
+        assert!(renewal_due(after, START, END, policy), "not due at {after}");
+    }
+
     #[test]
     fn fraction_of_lifetime() {
         let policy = RenewalPolicy {
             lifetime_fraction: Some(0.5),
             min_days_left: None,
         };
-        assert!(!renewal_due(
+        assert_due_between(
+            &policy,
             datetime!(2026-06-30 0:00 UTC),
-            START,
-            END,
-            &policy
-        ));
-        assert!(renewal_due(
             datetime!(2026-07-02 0:00 UTC),
-            START,
-            END,
-            &policy
-        ));
+        );
     }
 
     #[test]
@@ -93,18 +93,11 @@ mod tests {
             lifetime_fraction: None,
             min_days_left: Some(30),
         };
-        assert!(!renewal_due(
+        assert_due_between(
+            &policy,
             datetime!(2026-11-30 0:00 UTC),
-            START,
-            END,
-            &policy
-        ));
-        assert!(renewal_due(
             datetime!(2026-12-02 0:00 UTC),
-            START,
-            END,
-            &policy
-        ));
+        );
     }
 
     #[test]

@@ -1016,6 +1016,18 @@ mod tests {
         }
     }
 
+    /// A store where the regular run created the root and both bundles, and clusters serving
+    /// them (the temporary directory lives as long as the first value).
+    async fn both_on_one_root() -> (tempfile::TempDir, LocalStore, Clusters) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        converge(&store, &plan(), T0).await.unwrap();
+        let clusters = Clusters::new();
+        clusters.sync(&store, "homelab").await;
+        clusters.sync(&store, "nas").await;
+        (dir, store, clusters)
+    }
+
     fn settings() -> RotatePlan {
         RotatePlan {
             root_path: "istio/ca".into(),
@@ -1206,12 +1218,7 @@ mod tests {
     /// forced step that would leave a cluster serving two stages behind is refused.
     #[tokio::test]
     async fn a_forced_step_that_breaks_a_pair_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path(), "secret");
-        converge(&store, &plan(), T0).await.unwrap();
-        let clusters = Clusters::new();
-        clusters.sync(&store, "homelab").await;
-        clusters.sync(&store, "nas").await;
+        let (_dir, store, clusters) = both_on_one_root().await;
         let rotate = RotatePlan {
             root_path: "istio/ca-next".into(),
             workload_cert_ttl: Duration::ZERO,
@@ -1288,12 +1295,7 @@ mod tests {
     /// refused rather than overwritten.
     #[tokio::test]
     async fn an_interrupted_step_is_finished_and_a_foreign_bundle_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path(), "secret");
-        converge(&store, &plan(), T0).await.unwrap();
-        let clusters = Clusters::new();
-        clusters.sync(&store, "homelab").await;
-        clusters.sync(&store, "nas").await;
+        let (_dir, store, clusters) = both_on_one_root().await;
         let rotate = RotatePlan {
             root_path: "istio/ca-next".into(),
             ..settings()
@@ -1400,12 +1402,7 @@ mod tests {
 
     #[tokio::test]
     async fn clusters_already_on_the_root_have_nothing_to_rotate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path(), "secret");
-        converge(&store, &plan(), T0).await.unwrap();
-        let clusters = Clusters::new();
-        clusters.sync(&store, "homelab").await;
-        clusters.sync(&store, "nas").await;
+        let (_dir, store, clusters) = both_on_one_root().await;
         let report = run(&store, &clusters, &settings(), ADVANCE, T0).await;
         assert_eq!(report.outcome, Outcome::NothingToRotate);
         assert!(store.read("istio/rotation").await.unwrap().is_none());
