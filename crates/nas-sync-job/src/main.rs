@@ -5,6 +5,7 @@
 mod config;
 mod mapping;
 mod metrics;
+mod sops;
 mod sync;
 mod target;
 mod verify;
@@ -49,6 +50,7 @@ async fn run(config: &Config) -> Result<()> {
             let target = ManifestTarget {
                 place: ManifestPlace::Directory(dir.clone()),
                 plaintext_keys: config.plaintext_keys,
+                recipients: config.age_recipients.clone(),
             };
             sync_with(config, &store, &target).await
         }
@@ -56,6 +58,7 @@ async fn run(config: &Config) -> Result<()> {
             let target = ManifestTarget {
                 place: ManifestPlace::Stdout,
                 plaintext_keys: config.plaintext_keys,
+                recipients: config.age_recipients.clone(),
             };
             sync_with(config, &store, &target).await
         }
@@ -110,7 +113,8 @@ fn help() -> String {
          manager nas-sync-job). Each bundle is verified first (an invalid one is never applied);\n\
          a Secret that already holds the data gets no write; one changed by hand is restored.\n\
          Without a cluster configured, it writes the Secret manifests instead; a Secret holding a\n\
-         private key only with SYNC_PLAINTEXT_KEYS=allow.\n\n\
+         private key SOPS-encrypted to SYNC_AGE_RECIPIENTS, or in the clear only with\n\
+         SYNC_PLAINTEXT_KEYS=allow.\n\n\
          USAGE:\n    nas-sync-job            (configured through environment variables)\n\n\
          {}\n\n{}\n\n{}\n\n{}",
         env!("CARGO_PKG_VERSION"),
