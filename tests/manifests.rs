@@ -8,6 +8,7 @@
 //! owning Kustomization; the alert rules pass `promtool`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -775,17 +776,27 @@ fn configuration_errors_are_never_retried() {
 fn a_changed_clients_file_reruns_the_client_issuer_job() {
     let root = workspace_root();
     let source = root.join("kubernetes/nas/security/client-issuer");
+    // A copy laid out as in the repository, since it includes the shared pki-job component by
+    // a relative path.
     let render_with = |clients: Option<&str>| -> Vec<Value> {
         let dir = Scratch::new();
-        for entry in std::fs::read_dir(&source).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            dir.write(&name, std::fs::read_to_string(&path).unwrap());
-        }
+        let copy = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
+        };
+        let app = dir.path().join("kubernetes/nas/security/client-issuer");
+        copy(&source, &app);
+        copy(
+            &root.join("kubernetes/components/pki-job"),
+            &dir.path().join("kubernetes/components/pki-job"),
+        );
         if let Some(clients) = clients {
-            dir.write("clients.yaml", clients);
+            std::fs::write(app.join("clients.yaml"), clients).unwrap();
         }
-        crate::support::flux::render(dir.path())
+        crate::support::flux::render(&app)
     };
     let find = |objects: &[Value], kind: &str| -> Value {
         let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
@@ -945,4 +956,109 @@ fn each_cluster_ships_a_dashboard() {
             assert!(text.contains(needle), "{cluster}: no panel on {needle}");
         }
     }
+}
+
+/// The pod spec every Job and CronJob shares has one home, kubernetes/components/pki-job: no
+/// manifest under a cluster repeats it, and every rendered Job and CronJob of both clusters
+/// carries it exactly as written there (kustomize's local-config object is not applied).
+#[test]
+fn the_shared_job_pod_spec_has_one_home() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for cluster in crate::support::flux::CLUSTERS {
+        files_named(
+            &root.join("kubernetes").join(cluster),
+            &|n| {
+                Path::new(n)
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("yaml"))
+            },
+            &mut files,
+        );
+    }
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for shared in [
+            "podFailurePolicy:",
+            "seccompProfile:",
+            "audience: vault",
+            "VAULT_SA_TOKEN_PATH",
+        ] {
+            assert!(
+                !text.contains(shared),
+                "{} repeats '{shared}' from kubernetes/components/pki-job",
+                file.display()
+            );
+        }
+    }
+    let defaults = crate::support::flux::yaml_documents(
+        &std::fs::read_to_string(root.join("kubernetes/components/pki-job/defaults.yaml")).unwrap(),
+    )
+    .remove(0);
+    let shared_pod = &defaults["spec"]["template"]["spec"];
+    let shared_container = &shared_pod["containers"][0];
+    let objects = all_objects();
+    let mut jobs = 0;
+    for o in &objects {
+        assert_ne!(
+            o.value["metadata"]["name"],
+            "pki-job-defaults",
+            "{}",
+            label(o)
+        );
+        let (Some(job), Some(pod)) = (job_spec(o), pod_spec(o)) else {
+            continue;
+        };
+        jobs += 1;
+        assert_eq!(
+            job["podFailurePolicy"],
+            defaults["spec"]["podFailurePolicy"],
+            "{}",
+            label(o)
+        );
+        for field in [
+            "securityContext",
+            "automountServiceAccountToken",
+            "restartPolicy",
+        ] {
+            assert_eq!(pod[field], shared_pod[field], "{} {field}", label(o));
+        }
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .contains(&shared_pod["volumes"][0]),
+            "{}",
+            label(o)
+        );
+        let container = &pod["containers"][0];
+        assert_eq!(
+            pod["containers"].as_array().unwrap().len(),
+            1,
+            "{}",
+            label(o)
+        );
+        assert_eq!(
+            container["securityContext"],
+            shared_container["securityContext"],
+            "{}",
+            label(o)
+        );
+        assert_eq!(
+            container["resources"]["requests"],
+            shared_container["resources"]["requests"],
+            "{}",
+            label(o)
+        );
+        for list in ["env", "volumeMounts"] {
+            for entry in shared_container[list].as_array().unwrap() {
+                assert!(
+                    container[list].as_array().unwrap().contains(entry),
+                    "{} {list} {entry}",
+                    label(o)
+                );
+            }
+        }
+    }
+    assert_eq!(jobs, 6, "the Jobs and CronJobs of both clusters");
 }

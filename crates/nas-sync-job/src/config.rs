@@ -8,6 +8,7 @@ use job_support::metrics::Pushgateway;
 use serde::Deserialize;
 
 use crate::mapping::{Mapping, default_mappings, parse_mappings};
+use crate::sops::{AgeRecipient, parse_recipients};
 
 /// The Vault role the job logs in with unless `VAULT_AUTH_ROLE` says otherwise.
 pub const DEFAULT_ROLE: &str = "istio-ca-sync";
@@ -22,12 +23,16 @@ SYNC:
     SYNC_CLUSTER         cluster name of the default mapping  [nas]
     SYNC_TARGET          kubernetes | directory | stdout  [kubernetes when KUBERNETES_SERVICE_HOST or KUBECONFIG is set, else directory]
     SYNC_OUTPUT_DIR      where the directory target writes Secret manifests (mode 0600)  [./.pki-sync]
-    SYNC_PLAINTEXT_KEYS  allow: the directory and stdout targets may write a private key in the
-                         clear (keep it out of Git); unset: such a Secret is refused (exit 2)
+    SYNC_AGE_RECIPIENTS  age public keys (age1…, comma-separated): the directory and stdout targets
+                         write a Secret holding a private key SOPS-encrypted to them (its data only),
+                         for Flux's kustomize-controller (decryption.provider: sops) or `sops decrypt`
+    SYNC_PLAINTEXT_KEYS  allow: without recipients, the directory and stdout targets may write a
+                         private key in the clear (keep it out of Git); unset: such a Secret is refused (exit 2)
     KUBE_MAX_ATTEMPTS    attempts per Kubernetes request on connection errors and 5xx  [4]";
 
 #[derive(Debug, Default, Deserialize)]
 struct RawSyncConfig {
+    sync_age_recipients: Option<String>,
     sync_plaintext_keys: Option<String>,
     sync_mappings_file: Option<String>,
     sync_cluster: Option<String>,
@@ -65,8 +70,10 @@ pub struct Config {
     pub target: TargetChoice,
     /// Where run metrics go.
     pub pushgateway: Option<Pushgateway>,
-    /// `SYNC_PLAINTEXT_KEYS=allow`: manifests may carry private keys.
+    /// `SYNC_PLAINTEXT_KEYS=allow`: manifests may carry private keys in the clear.
     pub plaintext_keys: bool,
+    /// `SYNC_AGE_RECIPIENTS`: manifests carry private keys SOPS-encrypted to these.
+    pub age_recipients: Vec<AgeRecipient>,
 }
 
 impl Config {
@@ -118,6 +125,12 @@ impl Config {
                 ));
             }
         };
+        let age_recipients = match raw.sync_age_recipients.as_deref() {
+            None => Vec::new(),
+            Some(text) => {
+                parse_recipients(text).map_err(|e| ConfigError::new("SYNC_AGE_RECIPIENTS", e))?
+            }
+        };
         let target = match raw.sync_target.as_deref() {
             Some("kubernetes") => TargetChoice::Kubernetes { max_attempts },
             Some("stdout") => TargetChoice::Stdout,
@@ -137,6 +150,7 @@ impl Config {
             target,
             pushgateway,
             plaintext_keys,
+            age_recipients,
         })
     }
 }
@@ -177,6 +191,19 @@ mod tests {
         assert_eq!(
             config(&[("SYNC_CLUSTER", "NAS")]).unwrap_err().to_string(),
             "invalid SYNC_CLUSTER: 'NAS' is not a cluster name"
+        );
+        assert_eq!(
+            config(&[("SYNC_AGE_RECIPIENTS", "age1nope")])
+                .unwrap_err()
+                .to_string(),
+            "invalid SYNC_AGE_RECIPIENTS: 'age1nope' is not an age recipient (age1…): \
+             parse failed: character error: invalid character (code=o)"
+        );
+        assert_eq!(
+            config(&[("SYNC_AGE_RECIPIENTS", " , ")])
+                .unwrap_err()
+                .to_string(),
+            "invalid SYNC_AGE_RECIPIENTS: no recipient given (age1… public keys, separated by commas)"
         );
         let err = config(&[("SYNC_MAPPINGS_FILE", "/nonexistent/m.yaml")]).unwrap_err();
         assert!(

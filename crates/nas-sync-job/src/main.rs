@@ -5,6 +5,7 @@
 mod config;
 mod mapping;
 mod metrics;
+mod sops;
 mod sync;
 mod target;
 mod verify;
@@ -27,7 +28,7 @@ use crate::target::{KubeTarget, ManifestPlace, ManifestTarget, PlanTarget, Secre
 /// manager nas-sync-job). Each bundle is verified first (an invalid one is never applied); a
 /// Secret that already holds the data gets no write; one changed by hand is restored. Without a
 /// cluster configured, it writes the Secret manifests instead; a Secret holding a private key
-/// only with `SYNC_PLAINTEXT_KEYS=allow`.
+/// SOPS-encrypted to `SYNC_AGE_RECIPIENTS`, or in the clear only with `SYNC_PLAINTEXT_KEYS=allow`.
 #[derive(Debug, Parser)]
 #[command(version, after_help = variables_help())]
 struct Cli {
@@ -74,6 +75,7 @@ async fn run(config: &Config, plan: Option<Output>) -> Result<ExitCode> {
             let target = ManifestTarget {
                 place: ManifestPlace::Directory(dir.clone()),
                 plaintext_keys: config.plaintext_keys,
+                recipients: config.age_recipients.clone(),
             };
             sync_with(config, &store, &target, plan).await
         }
@@ -81,6 +83,7 @@ async fn run(config: &Config, plan: Option<Output>) -> Result<ExitCode> {
             let target = ManifestTarget {
                 place: ManifestPlace::Stdout,
                 plaintext_keys: config.plaintext_keys,
+                recipients: config.age_recipients.clone(),
             };
             sync_with(config, &store, &target, plan).await
         }

@@ -130,7 +130,7 @@ pub async fn sync_one(
         warn!(secret = %mapping.target(), source = %label,
               "revocation is not enforced: haproxytech/kubernetes-ingress reads only tls.crt from its client-ca Secret and has no CRL support, so a revoked client certificate is accepted until it expires");
     }
-    let desired = SecretState {
+    let mut desired = SecretState {
         secret_type: mapping.secret_type.clone(),
         labels: mapping.labels.clone(),
         annotations: BTreeMap::from([
@@ -139,7 +139,9 @@ pub async fn sync_one(
             (FINGERPRINT_ANNOTATION.to_owned(), fingerprint.clone()),
         ]),
         data: data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        sealed_to: None,
     };
+    desired.sealed_to = target.sealing(&desired);
     let current = target
         .get(&mapping.namespace, &mapping.name)
         .await
@@ -181,13 +183,21 @@ pub async fn sync_one(
 /// What differs, by name only (values are secret). Only what this job applies counts: keys,
 /// labels and annotations that others added to the Secret are theirs under server-side apply,
 /// and are left alone.
+/// Encrypted data (SOPS) is compared by key names only: its values cannot be read without the
+/// identity, and the KV version annotation says whether they changed.
 fn differences(current: &SecretState, desired: &SecretState) -> Vec<String> {
     let mut drift: Vec<String> = desired
         .data
         .iter()
-        .filter(|(k, v)| current.data.get(*k) != Some(*v))
+        .filter(|(k, v)| match &current.sealed_to {
+            None => current.data.get(*k) != Some(*v),
+            Some(_) => !current.data.contains_key(*k),
+        })
         .map(|(k, _)| format!("data.{k}"))
         .collect();
+    if current.sealed_to != desired.sealed_to {
+        drift.push("encryption recipients".into());
+    }
     if current.secret_type != desired.secret_type {
         drift.push("type".into());
     }
@@ -338,5 +348,52 @@ mod tests {
             job_support::Failure::of(&err),
             job_support::Failure::InvalidState
         );
+    }
+
+    #[test]
+    fn encrypted_data_is_compared_by_key_names_and_recipients() {
+        let desired = SecretState {
+            secret_type: "Opaque".into(),
+            annotations: BTreeMap::from([(VERSION_ANNOTATION.to_owned(), "2".to_owned())]),
+            data: BTreeMap::from([
+                ("ca-key.pem".to_owned(), b"KEY".to_vec()),
+                ("ca-cert.pem".to_owned(), b"CERT".to_vec()),
+            ]),
+            sealed_to: Some(vec!["age1a".into()]),
+            ..SecretState::default()
+        };
+        // As read back from an encrypted manifest: key names only.
+        let read_back = SecretState {
+            data: desired
+                .data
+                .keys()
+                .map(|k| (k.clone(), Vec::new()))
+                .collect(),
+            ..desired.clone()
+        };
+        assert!(differences(&read_back, &desired).is_empty());
+        let older = SecretState {
+            annotations: BTreeMap::from([(VERSION_ANNOTATION.to_owned(), "1".to_owned())]),
+            ..read_back.clone()
+        };
+        assert_eq!(
+            differences(&older, &desired),
+            [format!("annotation {VERSION_ANNOTATION}")]
+        );
+        let mut fewer = read_back.clone();
+        fewer.data.remove("ca-key.pem");
+        assert_eq!(differences(&fewer, &desired), ["data.ca-key.pem"]);
+        let other = SecretState {
+            sealed_to: Some(vec!["age1b".into()]),
+            ..read_back.clone()
+        };
+        assert_eq!(differences(&other, &desired), ["encryption recipients"]);
+        // A plaintext file where an encrypted one is wanted, and the other way round.
+        let plain = SecretState {
+            sealed_to: None,
+            ..desired.clone()
+        };
+        assert_eq!(differences(&plain, &desired), ["encryption recipients"]);
+        assert_eq!(differences(&read_back, &plain), ["encryption recipients"]);
     }
 }

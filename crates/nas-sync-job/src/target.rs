@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use job_support::Failure;
 use job_support::exit::Classified;
 use job_support::retry::{Request, RetryPolicy, retry, transient_status};
@@ -15,6 +16,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
+use pki_core::time::OffsetDateTime;
+
+use crate::sops::{self, AgeRecipient};
 
 /// The field manager of every apply; the fields it owns are this job's.
 pub const FIELD_MANAGER: &str = "nas-sync-job";
@@ -28,8 +32,11 @@ pub struct SecretState {
     pub labels: BTreeMap<String, String>,
     /// Annotations.
     pub annotations: BTreeMap<String, String>,
-    /// Data, decoded.
+    /// Data, decoded. Read back from a SOPS-encrypted manifest, only the keys are known and
+    /// each value is empty.
     pub data: BTreeMap<String, Vec<u8>>,
+    /// The age recipients the data is encrypted to (SOPS), or `None` for data in the clear.
+    pub sealed_to: Option<Vec<String>>,
 }
 
 impl SecretState {
@@ -64,6 +71,7 @@ impl SecretState {
                 .into_iter()
                 .map(|(k, v)| (k, v.0))
                 .collect(),
+            sealed_to: None,
         }
     }
 }
@@ -78,6 +86,10 @@ pub trait SecretTarget {
     /// Makes the Secret hold `desired` (our fields; others' fields are left alone).
     async fn apply(&self, namespace: &str, name: &str, desired: &SecretState)
     -> anyhow::Result<()>;
+    /// The recipients `desired`'s data would be encrypted to when written here, if any.
+    fn sealing(&self, _desired: &SecretState) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// A `plan` (dry run): reads through to the real target, applies nothing. The sync's outcomes
@@ -237,8 +249,11 @@ pub struct ManifestTarget {
     /// Where the manifests go.
     pub place: ManifestPlace,
     /// Whether a Secret holding a private key may be written in the clear
-    /// (`SYNC_PLAINTEXT_KEYS=allow`); refused otherwise, since these files are meant for Git.
+    /// (`SYNC_PLAINTEXT_KEYS=allow`) when there is no recipient to encrypt it for; refused
+    /// otherwise, since these files are meant for Git.
     pub plaintext_keys: bool,
+    /// `SYNC_AGE_RECIPIENTS`: a Secret holding a private key is written SOPS-encrypted to these.
+    pub recipients: Vec<AgeRecipient>,
 }
 
 /// Where manifests go.
@@ -284,10 +299,29 @@ impl SecretTarget for ManifestTarget {
         };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let secret: Secret = serde_norway::from_str(&text).map_err(|e| {
+                let not_secret = |e: serde_norway::Error| {
                     anyhow::anyhow!("{} is not a Secret manifest: {e}", file.display())
-                })?;
-                Ok(Some(SecretState::from_secret(secret)))
+                };
+                let mut doc: serde_norway::Value =
+                    serde_norway::from_str(&text).map_err(not_secret)?;
+                let sealed_to = sops::sealed_for(&doc);
+                if sealed_to.is_some() {
+                    // Without the identity only the key names can be compared; the KV version
+                    // annotation, in the clear, says whether the values changed.
+                    if let serde_norway::Value::Mapping(top) = &mut doc {
+                        top.remove("sops");
+                        if let Some(serde_norway::Value::Mapping(data)) = top.get_mut("data") {
+                            for value in data.values_mut() {
+                                *value = serde_norway::Value::String(String::new());
+                            }
+                        }
+                    }
+                }
+                let secret: Secret = serde_norway::from_value(doc).map_err(not_secret)?;
+                Ok(Some(SecretState {
+                    sealed_to,
+                    ..SecretState::from_secret(secret)
+                }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::anyhow!("failed to read {}: {e}", file.display())),
@@ -301,20 +335,28 @@ impl SecretTarget for ManifestTarget {
         desired: &SecretState,
     ) -> anyhow::Result<()> {
         let keys = Self::private_keys(desired);
-        if !keys.is_empty() && !self.plaintext_keys {
+        if !keys.is_empty() && self.recipients.is_empty() && !self.plaintext_keys {
             return Err(job_support::exit::Classified {
                 failure: job_support::Failure::Config,
                 message: format!(
                     "refusing to write {namespace}/{name} to {}: '{}' holds a private key, which \
-                     a manifest carries in the clear; sync to the cluster (SYNC_TARGET=kubernetes), \
-                     or set SYNC_PLAINTEXT_KEYS=allow and keep the output out of Git",
+                     a manifest carries in the clear; set SYNC_AGE_RECIPIENTS to encrypt it with \
+                     SOPS, sync to the cluster (SYNC_TARGET=kubernetes), or set \
+                     SYNC_PLAINTEXT_KEYS=allow and keep the output out of Git",
                     self.describe(),
                     keys.join("', '")
                 ),
             }
             .into());
         }
-        let manifest = serde_norway::to_string(&desired.to_secret(namespace, name))?;
+        let secret = desired.to_secret(namespace, name);
+        let manifest = if self.sealing(desired).is_some() {
+            let doc = serde_norway::to_value(&secret)?;
+            sops::seal(&doc, &self.recipients, OffsetDateTime::now_utc())
+                .with_context(|| format!("failed to encrypt {namespace}/{name} with SOPS"))?
+        } else {
+            serde_norway::to_string(&secret)?
+        };
         let Some(file) = self.file(namespace, name) else {
             print!("---\n{manifest}");
             return Ok(());
@@ -343,6 +385,17 @@ impl SecretTarget for ManifestTarget {
             anyhow::anyhow!("failed to write {}: {e}", file.display())
         })
     }
+
+    fn sealing(&self, desired: &SecretState) -> Option<Vec<String>> {
+        (!self.recipients.is_empty() && !Self::private_keys(desired).is_empty()).then(|| {
+            self.recipients
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +420,7 @@ mod tests {
             labels: BTreeMap::new(),
             annotations: BTreeMap::from([("pki.home.arpa/kv-version".to_owned(), "1".to_owned())]),
             data: BTreeMap::from([("ca-cert.pem".to_owned(), b"PEM".to_vec())]),
+            sealed_to: None,
         }
     }
 
