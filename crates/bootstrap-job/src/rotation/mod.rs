@@ -1067,6 +1067,17 @@ mod tests {
         action: Action,
         now: OffsetDateTime,
     ) -> Report {
+        try_run(store, clusters, rotate, action, now).await.unwrap()
+    }
+
+    /// The rotation's answer, an error included.
+    async fn try_run(
+        store: &LocalStore,
+        clusters: &Clusters,
+        rotate: &RotatePlan,
+        action: Action,
+        now: OffsetDateTime,
+    ) -> Result<Report> {
         Rotation {
             store,
             clusters,
@@ -1076,7 +1087,6 @@ mod tests {
         }
         .run(action)
         .await
-        .unwrap()
     }
 
     async fn vault_stage(store: &LocalStore, state: &RotationState, cluster: &str) -> Stage {
@@ -1121,16 +1131,9 @@ mod tests {
         let rotate = settings();
 
         // Without a root there is nothing to move to.
-        let err = Rotation {
-            store: &store,
-            clusters: &clusters,
-            plan: &plan(),
-            rotate: &rotate,
-            now: T0,
-        }
-        .run(ADVANCE)
-        .await
-        .unwrap_err();
+        let err = try_run(&store, &clusters, &rotate, ADVANCE, T0)
+            .await
+            .unwrap_err();
         assert!(
             format!("{err:#}").starts_with(
                 "invalid state at 'secret/istio/ca': absent: run bootstrap-job (without arguments) first"
@@ -1238,14 +1241,13 @@ mod tests {
         ));
         // homelab gets stage 1; nas still serves stage 0.
         clusters.sync(&store, "homelab").await;
-        let forced = Rotation {
-            store: &store,
-            clusters: &clusters,
-            plan: &plan(),
-            rotate: &rotate,
-            now: T0,
-        }
-        .run(Action::Advance { force: true })
+        let forced = try_run(
+            &store,
+            &clusters,
+            &rotate,
+            Action::Advance { force: true },
+            T0,
+        )
         .await
         .unwrap_err();
         assert_eq!(
@@ -1322,16 +1324,9 @@ mod tests {
 
         // Someone writes another bundle into nas's entry.
         write_foreign_bundle(&store, "nas").await;
-        let err = Rotation {
-            store: &store,
-            clusters: &clusters,
-            plan: &plan(),
-            rotate: &rotate,
-            now: T0,
-        }
-        .run(ADVANCE)
-        .await
-        .unwrap_err();
+        let err = try_run(&store, &clusters, &rotate, ADVANCE, T0)
+            .await
+            .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             "invalid state at 'secret/istio/clusters/nas': holds a bundle of no stage of the \
