@@ -39,7 +39,7 @@ impl<S: SecretStore> Issuer<'_, S> {
     /// therefore rebuilds on top of the winner's revocations instead of replacing them.
     pub(super) async fn finish(
         &self,
-        ca: CaCredential,
+        ca: &CaCredential,
         ca_created: bool,
         mut clients: Vec<ClientStatus>,
         mut attention: Vec<EntryProblem>,

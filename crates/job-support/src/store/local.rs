@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
+use super::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
 
 /// A KV v2 look-alike rooted at a directory.
 #[derive(Debug, Clone)]
@@ -168,6 +168,41 @@ impl SecretStore for LocalStore {
         }
         names.sort();
         Ok(names)
+    }
+
+    /// One directory listing and, per entry, its first and latest version files: the first
+    /// holds the entry's `created_time` (a directory removed and written again starts over at
+    /// version 1 with a new one), the latest whether it is destroyed.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, EntryVersion>>, StoreError> {
+        let mut versions = std::collections::BTreeMap::new();
+        for name in self.list(prefix).await? {
+            let path = format!("{prefix}/{name}");
+            let dir = self.entry_dir(&path, "list")?;
+            let version = self.latest_version(&dir, &path, "list")?;
+            let read = |v: u64| -> Result<Option<VersionFile>, StoreError> {
+                let file = version_file(&dir, v);
+                match fs::read_to_string(&file) {
+                    Ok(text) => Ok(serde_json::from_str(&text).ok()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(self.io_error("list", &path, &file, &e)),
+                }
+            };
+            let created = read(1)?.map(|f| f.created_time).unwrap_or_default();
+            // An unreadable latest version is left for the read to report by name.
+            let deleted = read(version)?.is_some_and(|f| f.destroyed);
+            versions.insert(
+                name,
+                EntryVersion {
+                    version,
+                    created,
+                    deleted,
+                },
+            );
+        }
+        Ok(Some(versions))
     }
 
     async fn write(
