@@ -426,11 +426,12 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 }
             }
         }
+        // Summaries of entries neither listed nor declared: deleted since, with nothing to do.
         if let Some(records) = records {
             stale.extend(
                 records
                     .keys()
-                    .filter(|name| !stored.contains_key(*name))
+                    .filter(|name| !versions.contains_key(*name) && !declared.contains(*name))
                     .cloned(),
             );
         }
