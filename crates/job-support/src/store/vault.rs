@@ -605,10 +605,10 @@ impl SecretStore for VaultStore {
 
     /// One LIST of `<mount>/detailed-metadata/<prefix>`: OpenBao (since 2.x) answers it with
     /// every key's metadata (`current_version`, `created_time`, `versions`) under `key_info`
-    /// ("List secrets with detailed metadata", https://openbao.org/api-docs/secret/kv/kv-v2/;
+    /// ("List secrets with detailed metadata", <https://openbao.org/api-docs/secret/kv/kv-v2/>;
     /// checked against `bao` 2.7.2: a prefix with no keys answers 404 with no errors).
-    /// HashiCorp Vault has no such path: its KV v2 LIST on `metadata/` returns key names only
-    /// (https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#list-secrets), and an
+    /// `HashiCorp` Vault has no such path: its KV v2 LIST on `metadata/` returns key names only
+    /// (<https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#list-secrets>), and an
     /// unknown path answers 404 or 405 with an error. Those answers, and a policy that does not
     /// grant `list` on the path (403), give `Ok(None)`: the caller reads the entries instead.
     async fn list_versions(
@@ -635,7 +635,7 @@ impl SecretStore for VaultStore {
                         Ok(DetailedAnswer::Listed(DetailedListing::default()))
                     }
                     Err(ClientError::APIError {
-                        code: code @ (403 | 404 | 405),
+                        code: code @ 403..=405,
                         errors,
                     }) => Ok(DetailedAnswer::Unsupported(format!(
                         "{code}: {}",
