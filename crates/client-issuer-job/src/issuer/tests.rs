@@ -1152,3 +1152,28 @@ fn an_index_written_first_by_a_concurrent_run_is_kept_and_checked_by_the_next() 
     assert_eq!(store.written(), [INDEX]);
     assert_eq!(stored_index(&store).clients.len(), 4);
 }
+
+#[test]
+fn an_index_the_policy_does_not_grant_means_reading_every_entry() {
+    let store = three_clients();
+    store.fail_read(
+        INDEX,
+        1,
+        job_support::StoreError::Denied {
+            operation: "read",
+            path: format!("secret/{INDEX}"),
+            detail: "1 error occurred: permission denied".into(),
+            login: false,
+        },
+    );
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(entries_read(&store).len(), 3);
+    assert_eq!(summary.count(super::ClientAction::Kept), 3);
+    // Its index write names version 0 and conflicts with the one there: nothing is replaced.
+    assert!(store.written().is_empty(), "{:?}", store.written());
+}
