@@ -442,6 +442,50 @@ mod tests {
         assert_eq!(store.list("pki/clients").await.unwrap(), ["alice", "bob"]);
     }
 
+    /// As OpenBao's LIST on `detailed-metadata/`: entries only, each with its current version,
+    /// a creation time that changes when the entry is removed and written again, and whether
+    /// its latest version is destroyed.
+    #[tokio::test]
+    async fn versions_are_listed_with_what_tells_a_re_created_entry_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        assert!(
+            store
+                .list_versions("pki/clients")
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+        for name in ["alice", "bob", "carol/nested"] {
+            store
+                .write(&format!("pki/clients/{name}"), &data("x"), 0)
+                .await
+                .unwrap();
+        }
+        store
+            .write("pki/clients/alice", &data("y"), 1)
+            .await
+            .unwrap();
+        let first = store.list_versions("pki/clients").await.unwrap().unwrap();
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["alice", "bob"]);
+        assert_eq!((first["alice"].version, first["bob"].version), (2, 1));
+        assert!(!first["alice"].deleted && !first["alice"].created.is_empty());
+
+        // Removed with its history and written again: version 1 again, another entry.
+        fs::remove_dir_all(dir.path().join("secret/pki/clients/bob")).unwrap();
+        store.write("pki/clients/bob", &data("z"), 0).await.unwrap();
+        store
+            .destroy_versions("pki/clients/alice", &[2])
+            .await
+            .unwrap();
+        let second = store.list_versions("pki/clients").await.unwrap().unwrap();
+        assert_eq!(second["bob"].version, 1);
+        assert_ne!(second["bob"].created, first["bob"].created);
+        assert!(second["alice"].deleted);
+        assert_eq!(second["alice"].created, first["alice"].created);
+    }
+
     #[tokio::test]
     async fn reserved_and_escaping_paths_are_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -549,4 +549,29 @@ mod tests {
         store.put("q/c", data("1"));
         assert_eq!(block_on(store.list("p")).unwrap(), ["a", "b"]);
     }
+
+    #[test]
+    fn versions_are_listed_as_openbao_lists_detailed_metadata() {
+        let store = ScriptedStore::new();
+        store.put("pki/clients/alice", data("1"));
+        store.put("pki/clients/alice", data("2"));
+        store.put("pki/clients/bob", data("1"));
+        store.put("pki/clients/carol/nested", data("1"));
+        let first = block_on(store.list_versions("pki/clients"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["alice", "bob"]);
+        assert_eq!((first["alice"].version, first["bob"].version), (2, 1));
+        let mut contents = store.contents();
+        contents.forget("pki/clients/bob");
+        contents.put("pki/clients/bob", data("again"));
+        contents.destroy("pki/clients/alice", &[2]);
+        let store = ScriptedStore::with_contents(contents);
+        let second = block_on(store.list_versions("pki/clients"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(second["bob"].version, 1);
+        assert_ne!(second["bob"].created, first["bob"].created);
+        assert!(second["alice"].deleted && !first["alice"].deleted);
+    }
 }
