@@ -195,6 +195,8 @@ pub struct Issuer<'a, S> {
     /// The version of the bundle path holding the previous scripts' CA that this run's
     /// bundle write replaces, once its key is copied to a path of its own.
     replace_source: Cell<Option<u64>>,
+    /// `issue` names the other clients in its summary, as the index recorded them.
+    summarise_others: bool,
     /// The client CA's certificate, once the run has it.
     ca_certificate: OnceCell<Certificate>,
     /// Summaries of the client entries this run wrote, adopted or read in full after the
@@ -231,6 +233,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             repair: BTreeSet::new(),
             file_allows_mass_revocation: false,
             replace_source: Cell::new(None),
+            summarise_others: false,
             ca_certificate: OnceCell::new(),
             fresh: RefCell::new(BTreeMap::new()),
         }
@@ -240,6 +243,16 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     #[must_use]
     pub fn allowing_mass_revocation(mut self, allowed: bool) -> Self {
         self.file_allows_mass_revocation = allowed;
+        self
+    }
+
+    /// Makes `issue` name the other clients in its summary, as the client index last
+    /// recorded them (one more read, of the index): wanted where the summary becomes metrics
+    /// that replace the last converge's, so that one user's issue does not drop the others'
+    /// expiry series.
+    #[must_use]
+    pub fn summarising_others(mut self, wanted: bool) -> Self {
+        self.summarise_others = wanted;
         self
     }
 
@@ -576,9 +589,9 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     }
 
     /// The one-off command: issues (or re-issues, when the email or profile differ) one client.
-    /// It reads the CA, the bundle and that client's entry only; the other clients appear in
-    /// the summary (and the metrics) as the client index last recorded them, and the next
-    /// converge checks them.
+    /// It reads the CA, the bundle and that client's entry only; with
+    /// [`Issuer::summarising_others`], the other clients appear in the summary as the client
+    /// index last recorded them (the next converge checks them).
     pub async fn issue_one(&self, want: &DeclaredClient) -> Result<RunSummary> {
         let adoption = self.adopt_previous_ca().await?;
         self.precheck_bundle().await?;
@@ -587,14 +600,18 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         self.check_bundle_against(&ca.certificate).await?;
         let mut statuses = Vec::new();
         let mut attention = Vec::new();
-        let recorded = match self.read_index().await {
-            Ok((_, Some(index))) => index.clients,
-            Ok((_, None)) => BTreeMap::new(),
-            Err(e) => {
-                warn!(path = %self.label(&self.index_path()), error = %format!("{e:#}"),
+        let recorded = if self.summarise_others {
+            match self.read_index().await {
+                Ok((_, Some(index))) => index.clients,
+                Ok((_, None)) => BTreeMap::new(),
+                Err(e) => {
+                    warn!(path = %self.label(&self.index_path()), error = %format!("{e:#}"),
                       "cannot read the client index; the summary names this client only");
-                BTreeMap::new()
+                    BTreeMap::new()
+                }
             }
+        } else {
+            BTreeMap::new()
         };
         let stored: BTreeMap<String, Stored> = recorded
             .into_iter()

@@ -207,6 +207,7 @@ async fn execute(config: &Config, command: Command) -> Result<Option<RunSummary>
         }
         Command::Issue(client) => {
             Issuer::new(&store, &config.pki, now)
+                .summarising_others(config.pushgateway.is_some())
                 .issue_one(&client)
                 .await?
         }

@@ -1177,3 +1177,31 @@ fn an_index_the_policy_does_not_grant_means_reading_every_entry() {
     // Its index write names version 0 and conflicts with the one there: nothing is replaced.
     assert!(store.written().is_empty(), "{:?}", store.written());
 }
+
+#[test]
+fn the_one_off_issue_reads_only_its_own_entry() {
+    let store = three_clients();
+    let pki = PkiSettings::defaults("secret");
+    let summary = block_on(Issuer::new(&store, &pki, t0()).issue_one(&client("dave"))).unwrap();
+    assert_eq!(entries_read(&store), ["pki/clients/dave"]);
+    assert!(
+        !store
+            .log()
+            .iter()
+            .any(|op| matches!(op, Operation::List(_))),
+        "{:?}",
+        store.log()
+    );
+    assert_eq!(summary.clients.len(), 1);
+    assert_eq!(store.written(), ["pki/clients/dave"]);
+
+    // For the metrics, the others as the index recorded them: one more read, of the index.
+    let summary = block_on(
+        Issuer::new(&store, &pki, t0())
+            .summarising_others(true)
+            .issue_one(&client("erin")),
+    )
+    .unwrap();
+    let names: Vec<&str> = summary.clients.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["alice", "bob", "carol", "erin"]);
+}
