@@ -28,9 +28,9 @@ bench-pki:
 bench-bootstrap runs="15":
     ./scripts/bench-bootstrap.sh {{runs}}
 
-# client-issuer-job issuing N clients against the seeds' issue-clients.sh on one OpenBao server.
-bench-clients n="1000":
-    ./scripts/bench-client-issuer.sh {{n}}
+# client-issuer-job against the OpenBao PKI engine and the seeds' issue-clients.sh on one OpenBao server.
+bench-clients sizes="10 100 1000 5000":
+    ./scripts/bench-clients.sh "{{sizes}}"
 
 # nas-sync-job's no-drift re-sync against bao + curl + jq, on OpenBao and the fake API server.
 bench-sync:

@@ -1087,3 +1087,91 @@ fn plan_shows_issues_revocations_and_refusals_and_writes_nothing() {
     );
     assert_eq!(report["crl"]["revoked"], 1);
 }
+
+/// The client index lets a run skip reading entries only while OpenBao's listing
+/// (`detailed-metadata`) confirms them unchanged: an entry deleted with its history, or edited,
+/// by hand is noticed and converged; a garbled index is logged and rebuilt.
+#[test]
+fn entries_deleted_or_edited_by_hand_behind_the_index_are_converged() {
+    let s = Setup::new();
+    s.clients(ALICE_BOB);
+    assert_exit(&s.run(&[]), 0);
+    assert!(s.bao.kv_data("pki/clients-index").is_some());
+    let idle = s.run(&[]);
+    assert_exit(&idle, 0);
+    assert_eq!(
+        idle.messages().last().unwrap(),
+        "client PKI verified; nothing to do"
+    );
+
+    s.bao
+        .cli(&[
+            "kv",
+            "metadata",
+            "delete",
+            "-mount=secret",
+            "pki/clients/alice",
+        ])
+        .ok();
+    s.bao
+        .cli(&[
+            "kv",
+            "patch",
+            "-mount=secret",
+            "pki/clients/bob",
+            "email=someone-else@example.org",
+        ])
+        .ok();
+    let ran = s.run(&[]);
+    assert_exit(&ran, 0);
+    assert!(
+        ran.messages()
+            .iter()
+            .any(|m| m.starts_with("client entries changed since the index was written")),
+        "{:?}",
+        ran.messages()
+    );
+    // alice issued anew (version 1 of a new entry), bob re-issued for the file's address.
+    assert_eq!(
+        s.versions(&["pki/clients/alice", "pki/clients/bob"]),
+        [1, 3]
+    );
+    assert_eq!(
+        s.bao.kv_field("pki/clients/bob", "email"),
+        "bob@example.org"
+    );
+    let (p12, password) = s.fetch_p12("alice");
+    openssl(
+        &[
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            &format!("pass:{password}"),
+            "-nokeys",
+        ],
+        s.dir.path(),
+    )
+    .ok();
+    let idle = s.run(&[]);
+    assert_exit(&idle, 0);
+    assert_eq!(
+        idle.messages().last().unwrap(),
+        "client PKI verified; nothing to do"
+    );
+
+    s.bao.kv_put("pki/clients-index", &[("index", "{garbled")]);
+    let ran = s.run(&[]);
+    assert_exit(&ran, 0);
+    let messages = ran.messages();
+    assert!(
+        messages.contains(
+            &"the client index is corrupt; reading every client entry to rebuild it".to_owned()
+        ) && messages.contains(&"wrote the client index".to_owned()),
+        "{messages:?}"
+    );
+    assert_eq!(
+        s.versions(&["pki/clients/alice", "pki/clients/bob"]),
+        [1, 3]
+    );
+}

@@ -15,6 +15,14 @@ path "secret/metadata/pki/clients" {
 path "secret/metadata/pki/clients/*" {
   capabilities = ["list"]
 }
+# The client index (a summary of every user entry with its KV version), and OpenBao's listing of
+# the entries with their versions in one request, from which a run proves nothing changed.
+path "secret/data/pki/clients-index" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/detailed-metadata/pki/clients" {
+  capabilities = ["list"]
+}
 # Adopting the previous scripts' client CA, which they kept, key included, in secret/pki/ca: the
 # key moves to its own path (PREVIOUS_CA=trusted; with PREVIOUS_CA=issuer to pki/issuer), then
 # the versions of secret/pki/ca that held it are destroyed, because the bundle's readers

@@ -3,13 +3,17 @@
 //! and one CRL per CA). Every write is conditional on the version read; a lost race adopts
 //! the winner's entry; a run with nothing to do writes nothing.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use job_support::{InvalidState, KvEntry, SecretData, SecretStore, WriteOutcome};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use job_support::{
+    EntryVersion, InvalidState, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome,
+};
 use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{
@@ -21,9 +25,14 @@ use tracing::{info, warn};
 
 use self::bundle::{BUNDLE_CRL, own_crl};
 use self::entry::{ClientEntry, PreviousEntry, Stored, format_history};
+use self::index::{Index, Record};
 
 use crate::clients_file::DeclaredClient;
 use crate::config::PkiSettings;
+
+/// How many client entries a run works on at once: their certificates and PKCS#12 bundles are
+/// built on the blocking thread pool (every core), and their KV writes are in flight together.
+const IN_FLIGHT: usize = 16;
 
 /// Fields of the issuer entry.
 const ISSUER_CERT: &str = "ca.crt";
@@ -186,6 +195,32 @@ pub struct Issuer<'a, S> {
     /// The version of the bundle path holding the previous scripts' CA that this run's
     /// bundle write replaces, once its key is copied to a path of its own.
     replace_source: Cell<Option<u64>>,
+    /// `issue` names the other clients in its summary, as the index recorded them.
+    summarise_others: bool,
+    /// The client CA's certificate, once the run has it.
+    ca_certificate: OnceCell<Certificate>,
+    /// Summaries of the client entries this run wrote, adopted or read in full after the
+    /// index named them, for the next index.
+    fresh: RefCell<BTreeMap<String, Record>>,
+}
+
+/// The client entries as a run found them.
+struct Snapshot {
+    /// Every entry stored or declared, by name.
+    stored: BTreeMap<String, Stored>,
+    /// The index as read, when the store lists versions (`None`: it does not, and every entry
+    /// was read).
+    index: Option<IndexRead>,
+}
+
+/// The index entry as read.
+struct IndexRead {
+    /// The version a write must name.
+    cas: u64,
+    /// Its document, when it parsed and was built against the current client CA.
+    loaded: Option<Index>,
+    /// The versions of the client entries, as listed.
+    versions: BTreeMap<String, EntryVersion>,
 }
 
 impl<'a, S: SecretStore> Issuer<'a, S> {
@@ -198,6 +233,9 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             repair: BTreeSet::new(),
             file_allows_mass_revocation: false,
             replace_source: Cell::new(None),
+            summarise_others: false,
+            ca_certificate: OnceCell::new(),
+            fresh: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -205,6 +243,16 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     #[must_use]
     pub fn allowing_mass_revocation(mut self, allowed: bool) -> Self {
         self.file_allows_mass_revocation = allowed;
+        self
+    }
+
+    /// Makes `issue` name the other clients in its summary, as the client index last
+    /// recorded them (one more read, of the index): wanted where the summary becomes metrics
+    /// that replace the last converge's, so that one user's issue does not drop the others'
+    /// expiry series.
+    #[must_use]
+    pub fn summarising_others(mut self, wanted: bool) -> Self {
+        self.summarise_others = wanted;
         self
     }
 
@@ -223,45 +271,48 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         format!("{}/{name}", self.pki.clients_path)
     }
 
+    /// The client index entry: beside the clients prefix, not under it, so that listing the
+    /// clients never finds it and no user's own-entry policy reaches it.
+    fn index_path(&self) -> String {
+        format!("{}-index", self.pki.clients_path)
+    }
+
     /// Converges on the declared clients: every stored entry is read and checked before the
     /// first write; clients removed from the file are revoked; entries the job cannot use
     /// are left alone and named in the summary.
     pub async fn converge(&self, declared: &[DeclaredClient]) -> Result<RunSummary> {
         // The previous scripts' CA first: every later check sees the bundle path as it will be.
         let adoption = self.adopt_previous_ca().await?;
-        // Everything stored is read and checked before the first write.
+        // Everything stored is read (or known from the index) and checked before the first
+        // write.
         self.precheck_bundle().await?;
-        let mut names: BTreeSet<String> = self
-            .store
-            .list(&self.pki.clients_path)
-            .await?
-            .into_iter()
-            .collect();
-        names.extend(declared.iter().map(|d| d.name.clone()));
-        let stored = self.read_clients(&names).await?;
-        self.check_repairs(&stored)?;
-        self.check_revocations(declared, &stored)?;
+        let snapshot = self
+            .snapshot(declared.iter().map(|d| d.name.as_str()))
+            .await?;
+        let stored = &snapshot.stored;
+        self.check_repairs(stored)?;
+        self.check_revocations(declared, stored)?;
         let (ca, ca_created) = self.ensure_ca().await?;
+        let _ = self.ca_certificate.set(ca.certificate.clone());
         self.check_bundle_against(&ca.certificate).await?;
 
         let declared: BTreeMap<&str, &DeclaredClient> =
             declared.iter().map(|d| (d.name.as_str(), d)).collect();
-        let mut statuses = Vec::with_capacity(names.len());
-        let mut attention = Vec::new();
-        for name in &names {
-            let state = &stored[name];
-            let outcome = match (declared.get(name.as_str()), state) {
-                (Some(want), state) => self.converge_client(&ca, want, state, Source::File).await?,
-                (None, Stored::Present(entry))
-                    if entry.source == Source::File && entry.revoked.is_none() =>
-                {
-                    Outcome::Done(
-                        self.revoke(name, entry, RevocationReason::CessationOfOperation)
-                            .await?,
-                    )
+        let ca = Arc::new(ca);
+        let outcomes: Vec<(&String, Outcome)> = futures_util::stream::iter(stored.iter())
+            .map(|(name, state)| {
+                let want = declared.get(name.as_str()).copied();
+                let ca = &ca;
+                async move {
+                    Ok::<_, anyhow::Error>((name, self.converge_name(ca, name, want, state).await?))
                 }
-                (None, state) => Outcome::unchanged(name, state),
-            };
+            })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut statuses = Vec::with_capacity(outcomes.len());
+        let mut attention = Vec::new();
+        for (name, outcome) in outcomes {
             match outcome {
                 Outcome::Done(status) => statuses.push(status),
                 Outcome::Skipped => {}
@@ -271,9 +322,262 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 }
             }
         }
-        let summary = self.finish(ca, ca_created, statuses, attention).await?;
+        let summary = self.finish(&ca, ca_created, statuses, attention).await?;
         self.finish_adoption(adoption).await?;
+        self.save_index(snapshot, &ca.certificate).await;
         Ok(summary)
+    }
+
+    /// The decision on one client of a converge: declared (`want`) or only stored.
+    async fn converge_name(
+        &self,
+        ca: &Arc<CaCredential>,
+        name: &str,
+        want: Option<&DeclaredClient>,
+        state: &Stored,
+    ) -> Result<Outcome> {
+        let reread;
+        let state = match state {
+            Stored::Indexed(record) => {
+                let needs_entry = match want {
+                    Some(want) => record.needs_entry(
+                        want,
+                        self.repair.contains(name),
+                        self.now,
+                        &self.pki.renewal,
+                    ),
+                    None => {
+                        (record.source() == Source::File && !record.is_revoked())
+                            || record.unchanged_status(name).is_none()
+                    }
+                };
+                if !needs_entry {
+                    return Ok(match want {
+                        Some(want) if want.revoked => record
+                            .status(name, ClientAction::StillRevoked)
+                            .map_or(Outcome::Skipped, Outcome::Done),
+                        // As `converge_client` answers for the full entry.
+                        Some(_) => match record.unusable() {
+                            Some(problem) => Outcome::Attention(
+                                record.status(name, ClientAction::Unusable),
+                                format!(
+                                    "{problem}; re-issue it with 'client-issuer-job repair {name}'"
+                                ),
+                            ),
+                            None => record
+                                .status(name, ClientAction::Kept)
+                                .map_or(Outcome::Skipped, Outcome::Done),
+                        },
+                        None => Outcome::unchanged(name, state),
+                    });
+                }
+                reread = self.read_client(name).await?;
+                if let Stored::Present(entry) = &reread {
+                    self.note(name, Record::of(entry, &ca.certificate));
+                }
+                &reread
+            }
+            state => state,
+        };
+        Ok(match (want, state) {
+            (Some(want), state) => self.converge_client(ca, want, state, Source::File).await?,
+            (None, Stored::Present(entry))
+                if entry.source == Source::File && entry.revoked.is_none() =>
+            {
+                Outcome::Done(
+                    self.revoke(name, entry, RevocationReason::CessationOfOperation)
+                        .await?,
+                )
+            }
+            (None, state) => Outcome::unchanged(name, state),
+        })
+    }
+
+    /// Records the summary of an entry as this run left it, for the next index.
+    fn note(&self, name: &str, record: Record) {
+        self.fresh.borrow_mut().insert(name.to_owned(), record);
+    }
+
+    /// The client entries: from the index where the store confirms it is current, read in
+    /// full where it is not, or where the store cannot list versions.
+    async fn snapshot(&self, declared: impl Iterator<Item = &str>) -> Result<Snapshot> {
+        let prefix = &self.pki.clients_path;
+        let declared: BTreeSet<String> = declared.map(str::to_owned).collect();
+        let Some(versions) = self.store.list_versions(prefix).await? else {
+            let mut names: BTreeSet<String> = self.store.list(prefix).await?.into_iter().collect();
+            names.extend(declared);
+            return Ok(Snapshot {
+                stored: self.read_clients(names.into_iter()).await?,
+                index: None,
+            });
+        };
+        let (cas, loaded) = self.read_index().await?;
+        let records = loaded.as_ref().map(|index| &index.clients);
+        let mut stored = BTreeMap::new();
+        let mut to_read = Vec::new();
+        let mut stale = Vec::new();
+        let names: BTreeSet<&String> = versions.keys().chain(declared.iter()).collect();
+        for name in names {
+            let record = records.and_then(|r| r.get(name));
+            match (versions.get(name), record) {
+                (Some(current), Some(record)) if record.matches(current) => {
+                    stored.insert(name.clone(), Stored::Indexed(Box::new(record.clone())));
+                }
+                // Not listed: nothing is stored under that name (a write names version 0,
+                // and a concurrent creation shows as a conflict, adopted).
+                (None, record) => {
+                    if record.is_some() {
+                        stale.push(name.clone());
+                    }
+                    stored.insert(name.clone(), Stored::Absent { cas: 0 });
+                }
+                (Some(_), record) => {
+                    if record.is_some() {
+                        stale.push(name.clone());
+                    }
+                    to_read.push(name.clone());
+                }
+            }
+        }
+        // Summaries of entries neither listed nor declared: deleted since, with nothing to do.
+        if let Some(records) = records {
+            stale.extend(
+                records
+                    .keys()
+                    .filter(|name| !versions.contains_key(*name) && !declared.contains(*name))
+                    .cloned(),
+            );
+        }
+        if !stale.is_empty() {
+            let shown: Vec<&str> = stale.iter().take(10).map(String::as_str).collect();
+            info!(path = %self.label(&self.index_path()), entries = stale.len(), names = %shown.join(", "),
+                  "client entries changed since the index was written (by hand, by the issue command or by another run); reading them in full");
+        }
+        stored.extend(self.read_clients(to_read.into_iter()).await?);
+        Ok(Snapshot {
+            stored,
+            index: Some(IndexRead {
+                cas,
+                loaded,
+                versions,
+            }),
+        })
+    }
+
+    /// The index entry: the version a write must name, and its document when it can be used.
+    /// An index that cannot be used is logged and left to be rebuilt; it never fails a run.
+    async fn read_index(&self) -> Result<(u64, Option<Index>)> {
+        let path = self.index_path();
+        let label = self.label(&path);
+        let entry = match self.store.read(&path).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => {
+                info!(path = %label, "no client index yet; reading every client entry to build it");
+                return Ok((0, None));
+            }
+            Err(StoreError::Deleted {
+                version, problem, ..
+            }) => {
+                warn!(path = %label, problem = %problem, "the client index is deleted; reading every client entry to rebuild it");
+                return Ok((version, None));
+            }
+            // A policy written before the index existed: the run reads every entry, as it
+            // did then.
+            Err(e @ StoreError::Denied { login: false, .. }) => {
+                warn!(path = %label, error = %e, "cannot read the client index; reading every client entry (grant this path to the job's policy)");
+                return Ok((0, None));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let index = match Index::parse(&entry.data) {
+            Ok(index) => index,
+            Err(problem) => {
+                warn!(path = %label, version = entry.version, problem = %problem,
+                      "the client index is corrupt; reading every client entry to rebuild it");
+                return Ok((entry.version, None));
+            }
+        };
+        let ca = self.current_ca_fingerprint().await?;
+        if ca.as_deref() != Some(index.ca.as_str()) {
+            warn!(path = %label, version = entry.version, index_ca = %index.ca, ca = ca.as_deref().unwrap_or("none"),
+                  "the client index was built against another client CA; reading every client entry to rebuild it");
+            return Ok((entry.version, None));
+        }
+        Ok((entry.version, Some(index)))
+    }
+
+    /// The fingerprint of the client CA stored at the issuer path, if one is there.
+    async fn current_ca_fingerprint(&self) -> Result<Option<String>> {
+        let entry = self.store.read(&self.pki.issuer_path).await?;
+        Ok(entry
+            .as_ref()
+            .filter(|e| writable_absent(Some(e)).is_none())
+            .and_then(|e| e.data.get(ISSUER_CERT))
+            .and_then(|pem| Certificate::from_pem(pem, ISSUER_CERT).ok())
+            .map(|cert| cert.info().fingerprint_sha256.clone()))
+    }
+
+    /// Writes the index of what this run leaves stored, when it differs from the one read.
+    /// A failure is logged, not returned: the run's work is done, and the next run reads
+    /// the entries the index cannot vouch for.
+    async fn save_index(&self, snapshot: Snapshot, ca: &Certificate) {
+        let Some(read) = snapshot.index else {
+            return;
+        };
+        let mut records: BTreeMap<String, Record> = BTreeMap::new();
+        for (name, state) in snapshot.stored {
+            match state {
+                Stored::Present(entry) => {
+                    records.insert(name, Record::of(&entry, ca));
+                }
+                Stored::Indexed(record) => {
+                    records.insert(name, *record);
+                }
+                Stored::Absent { .. } | Stored::Previous(_) | Stored::Unknown { .. } => {}
+            }
+        }
+        let fresh = std::mem::take(&mut *self.fresh.borrow_mut());
+        let wrote = !fresh.is_empty();
+        records.extend(fresh);
+        let path = self.index_path();
+        let label = self.label(&path);
+        // Entries written by this run: their creation time is known only from a new listing.
+        let versions = if wrote {
+            match self.store.list_versions(&self.pki.clients_path).await {
+                Ok(Some(versions)) => versions,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(path = %label, error = %e, "cannot list the client entries to update the index; the next run reads them in full");
+                    return;
+                }
+            }
+        } else {
+            read.versions
+        };
+        records.retain(|name, record| {
+            versions.get(name).is_some_and(|current| {
+                if record.created.is_empty() && current.version == record.version {
+                    record.created.clone_from(&current.created);
+                }
+                record.matches(current)
+            })
+        });
+        let mut index = Index::new(&ca.info().fingerprint_sha256);
+        index.clients = records;
+        if read.loaded.as_ref() == Some(&index) {
+            return;
+        }
+        match self.store.write(&path, &index.to_data(), read.cas).await {
+            Ok(WriteOutcome::Written { version }) => {
+                info!(path = %label, version, clients = index.clients.len(), "wrote the client index");
+            }
+            Ok(WriteOutcome::Conflict) => {
+                info!(path = %label, "another run wrote the client index first; keeping it (the next run checks it against the entries)");
+            }
+            Err(e) => {
+                warn!(path = %label, error = %e, "cannot write the client index; the next run reads the client entries in full");
+            }
+        }
     }
 
     /// After the bundle replaced the previous scripts' CA entry: steps 3 and 4 of the move.
@@ -285,24 +589,36 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     }
 
     /// The one-off command: issues (or re-issues, when the email or profile differ) one client.
+    /// It reads the CA, the bundle and that client's entry only; with
+    /// [`Issuer::summarising_others`], the other clients appear in the summary as the client
+    /// index last recorded them (the next converge checks them).
     pub async fn issue_one(&self, want: &DeclaredClient) -> Result<RunSummary> {
         let adoption = self.adopt_previous_ca().await?;
         self.precheck_bundle().await?;
-        let names: BTreeSet<String> = self
-            .store
-            .list(&self.pki.clients_path)
-            .await?
-            .into_iter()
-            .collect();
-        let mut stored = self.read_clients(&names).await?;
-        let state = match stored.remove(&want.name) {
-            Some(state) => state,
-            None => self.read_client(&want.name).await?,
-        };
+        let state = self.read_client(&want.name).await?;
         let (ca, ca_created) = self.ensure_ca().await?;
         self.check_bundle_against(&ca.certificate).await?;
         let mut statuses = Vec::new();
         let mut attention = Vec::new();
+        let recorded = if self.summarise_others {
+            match self.read_index().await {
+                Ok((_, Some(index))) => index.clients,
+                Ok((_, None)) => BTreeMap::new(),
+                Err(e) => {
+                    warn!(path = %self.label(&self.index_path()), error = %format!("{e:#}"),
+                      "cannot read the client index; the summary names this client only");
+                    BTreeMap::new()
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        let stored: BTreeMap<String, Stored> = recorded
+            .into_iter()
+            .filter(|(name, _)| *name != want.name)
+            .map(|(name, record)| (name, Stored::Indexed(Box::new(record))))
+            .collect();
+        let ca = Arc::new(ca);
         for (name, state) in &stored {
             match Outcome::unchanged(name, state) {
                 Outcome::Done(status) => statuses.push(status),
@@ -324,7 +640,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 attention.push(self.attention(&want.name, problem));
             }
         }
-        let summary = self.finish(ca, ca_created, statuses, attention).await?;
+        let summary = self.finish(&ca, ca_created, statuses, attention).await?;
         self.finish_adoption(adoption).await?;
         Ok(summary)
     }
@@ -347,7 +663,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             .await?
             .into_iter()
             .collect();
-        let stored = self.read_clients(&names).await?;
+        let stored = self.read_clients(names.into_iter()).await?;
         let mut clients = Vec::new();
         let mut attention = Vec::new();
         for (name, state) in &stored {
@@ -402,6 +718,9 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
                 Stored::Present(e) if e.revoked.is_none() && e.source == Source::File => {
                     Some(name.as_str())
                 }
+                Stored::Indexed(r) if !r.is_revoked() && r.source() == Source::File => {
+                    Some(name.as_str())
+                }
                 _ => None,
             })
             .collect();
@@ -441,7 +760,11 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         let wrong: Vec<String> = self
             .repair
             .iter()
-            .filter(|name| !matches!(stored.get(*name), Some(Stored::Present(e)) if e.unusable.is_some()))
+            .filter(|name| match stored.get(*name) {
+                Some(Stored::Present(e)) => e.unusable.is_none(),
+                Some(Stored::Indexed(r)) => r.unusable().is_none(),
+                _ => true,
+            })
             .cloned()
             .collect();
         if wrong.is_empty() {
@@ -530,19 +853,25 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         ))
     }
 
-    /// Reads every entry. An entry the job cannot use does not stop the run: it is
-    /// classified, and the decisions leave it alone.
-    async fn read_clients(&self, names: &BTreeSet<String>) -> Result<BTreeMap<String, Stored>> {
-        let mut stored = BTreeMap::new();
-        for name in names {
-            stored.insert(name.clone(), self.read_client(name).await?);
-        }
-        Ok(stored)
+    /// Reads these entries, several at once. An entry the job cannot use does not stop the
+    /// run: it is classified, and the decisions leave it alone.
+    async fn read_clients(
+        &self,
+        names: impl Iterator<Item = String>,
+    ) -> Result<BTreeMap<String, Stored>> {
+        futures_util::stream::iter(names)
+            .map(|name| async move {
+                let state = self.read_client(&name).await?;
+                Ok::<_, anyhow::Error>((name, state))
+            })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     async fn converge_client(
         &self,
-        ca: &CaCredential,
+        ca: &Arc<CaCredential>,
         want: &DeclaredClient,
         state: &Stored,
         source: Source,
@@ -558,6 +887,12 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             }
             Stored::Unknown { problem } => {
                 return Ok(Outcome::Attention(None, problem.clone()));
+            }
+            Stored::Indexed(_) => {
+                return Err(self.invalid(
+                    &self.client_path(name),
+                    "decided on from the index without being read".into(),
+                ));
             }
             Stored::Previous(previous) if want.revoked => {
                 return Ok(Outcome::Attention(
@@ -610,7 +945,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     /// (the version read), keeping the old certificate in `previous_cert` for the record.
     async fn migrate(
         &self,
-        ca: &CaCredential,
+        ca: &Arc<CaCredential>,
         want: &DeclaredClient,
         previous: &PreviousEntry,
     ) -> Result<Outcome> {
@@ -631,7 +966,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
 
     async fn issue(
         &self,
-        ca: &CaCredential,
+        ca: &Arc<CaCredential>,
         want: &DeclaredClient,
         cas: u64,
         source: Source,
@@ -645,7 +980,7 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
     #[allow(clippy::too_many_arguments)] // One call site each for issue and migrate.
     async fn issue_with(
         &self,
-        ca: &CaCredential,
+        ca: &Arc<CaCredential>,
         want: &DeclaredClient,
         cas: u64,
         source: Source,
@@ -654,26 +989,33 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         previous: Option<&Certificate>,
     ) -> Result<ClientStatus> {
         let validity_days = want.validity_days.unwrap_or(self.pki.client_validity_days);
-        let credential = issue_client_certificate(
-            ca,
-            &ClientCertificateParams {
-                name: want.name.clone(),
-                email: want.email.clone(),
-                key_algorithm: self.pki.client_key_algorithm,
-                validity: pki_core::time::Duration::days(i64::from(validity_days)),
-            },
-            self.now,
-        )
-        .with_context(|| format!("failed to issue the certificate of '{}'", want.name))?;
-        let password = Pkcs12Password::generate()?;
-        let p12 = build_pkcs12(&Pkcs12Request {
-            credential: &credential,
-            ca_chain: &[&ca.certificate],
-            friendly_name: &want.name,
-            password: &password,
-            profile: want.profile,
-            iterations: self.pki.pkcs12_iterations,
-        })?;
+        let params = ClientCertificateParams {
+            name: want.name.clone(),
+            email: want.email.clone(),
+            key_algorithm: self.pki.client_key_algorithm,
+            validity: pki_core::time::Duration::days(i64::from(validity_days)),
+        };
+        let (now, profile, iterations) = (self.now, want.profile, self.pki.pkcs12_iterations);
+        let signer = Arc::clone(ca);
+        // Key, certificate and PKCS#12 (its key derivation is most of a client's cost) are
+        // built on the blocking pool, so that several clients use every core while others'
+        // writes are in flight.
+        let (credential, password, p12) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let credential = issue_client_certificate(&signer, &params, now)
+                .with_context(|| format!("failed to issue the certificate of '{}'", params.name))?;
+            let password = Pkcs12Password::generate()?;
+            let p12 = build_pkcs12(&Pkcs12Request {
+                credential: &credential,
+                ca_chain: &[&signer.certificate],
+                friendly_name: &params.name,
+                password: &password,
+                profile,
+                iterations,
+            })?;
+            Ok((credential, password, p12))
+        })
+        .await
+        .context("the thread building a client certificate stopped")??;
         let info = credential.certificate.info();
         let mut data = SecretData::new();
         data.insert("p12", BASE64.encode(&*p12));
@@ -696,6 +1038,10 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
         let path = self.client_path(&want.name);
         match self.store.write(&path, &data, cas).await? {
             WriteOutcome::Written { version } => {
+                self.note(
+                    &want.name,
+                    Record::issued(version, want, source, &credential.certificate, &carry),
+                );
                 info!(client = %want.name, path = %self.label(&path), version, serial = %info.serial_hex,
                       not_after = %rfc3339(info.not_after), profile = %want.profile,
                       action = ?action,
@@ -730,6 +1076,12 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             WriteOutcome::Written { version } => {
                 info!(client = name, path = %self.label(&path), version, serial = %entry.certificate.info().serial_hex,
                       reason = %reason, "revoked the client certificate");
+                if let Some(ca) = self.ca_certificate.get() {
+                    self.note(
+                        name,
+                        Record::of(entry, ca).revoked(version, self.now, reason),
+                    );
+                }
                 let mut status = entry.status(name, ClientAction::Revoked);
                 status.revoked = true;
                 status.revocations.push(RevokedCertificate {
@@ -749,8 +1101,16 @@ impl<'a, S: SecretStore> Issuer<'a, S> {
             "another run wrote this client first; adopting its entry"
         );
         match self.read_client(name).await? {
-            Stored::Present(entry) => Ok(entry.status(name, ClientAction::Adopted)),
-            Stored::Previous(_) | Stored::Unknown { .. } | Stored::Absent { .. } => {
+            Stored::Present(entry) => {
+                if let Some(ca) = self.ca_certificate.get() {
+                    self.note(name, Record::of(&entry, ca));
+                }
+                Ok(entry.status(name, ClientAction::Adopted))
+            }
+            Stored::Previous(_)
+            | Stored::Unknown { .. }
+            | Stored::Absent { .. }
+            | Stored::Indexed(_) => {
                 Err(self.invalid(
                     &self.client_path(name),
                     "a conditional write conflicted, and what the other writer left is not a client entry of this job".into(),
@@ -789,6 +1149,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 mod bundle;
 mod entry;
+mod index;
 mod previous_ca;
 #[cfg(test)]
 mod tests;

@@ -221,6 +221,7 @@ async fn execute(config: &Config, command: Command) -> Result<Done> {
                 revocation_reason: pki_core::RevocationReason::Unspecified,
             };
             Issuer::new(&store, &config.pki, now)
+                .summarising_others(config.pushgateway.is_some())
                 .issue_one(&client)
                 .await?
         }

@@ -421,6 +421,16 @@ impl SecretStore for AnyStore {
         }
     }
 
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, crate::EntryVersion>>, StoreError> {
+        match self {
+            Self::Vault(s) => s.list_versions(prefix).await,
+            Self::Local(s) => s.list_versions(prefix).await,
+        }
+    }
+
     async fn write(
         &self,
         path: &str,

@@ -16,4 +16,4 @@ pub mod store;
 
 pub use config::{AnyStore, ConfigError, StoreConfig, StoreLocation};
 pub use exit::{Failure, InvalidState};
-pub use store::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome};
+pub use store::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome};

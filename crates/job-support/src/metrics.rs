@@ -25,6 +25,28 @@ use serde::Deserialize;
 
 use crate::config::{ConfigError, non_blank, raw_from_vars};
 
+/// The HTTP client of the pushes, built once per process and kind. reqwest's default
+/// verifier (rustls-platform-verifier) loads the whole system certificate store when the
+/// client is built (`Verifier::new` in its `verification/others.rs`, through
+/// `rustls_native_certs::load_native_certs`), so a plain-HTTP Pushgateway gets a client
+/// without any roots (`tls_certs_only` with none, as vaultrs does for `http://` Vault
+/// addresses), and only an HTTPS one pays for the store, once.
+fn push_client(https: bool) -> anyhow::Result<&'static reqwest::Client> {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    static HTTPS: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let cell = if https { &HTTPS } else { &HTTP };
+    if let Some(client) = cell.get() {
+        return Ok(client);
+    }
+    crate::store::vault::install_crypto_provider();
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if !https {
+        builder = builder.tls_certs_only(Vec::new());
+    }
+    let client = builder.build()?;
+    Ok(cell.get_or_init(|| client))
+}
+
 /// The variables of the Pushgateway, for each job's `--help` (`{job}` is the default job
 /// label).
 #[must_use]
@@ -95,11 +117,8 @@ impl Pushgateway {
     /// Pushes `metrics` with `method` (PUT replaces the group, POST only the metrics of the
     /// same names).
     pub async fn push(&self, metrics: &RunMetrics, method: PushMethod) -> anyhow::Result<()> {
-        crate::store::vault::install_crypto_provider();
         let target = self.group_url()?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let client = push_client(target.scheme() == "https")?;
         let request = match method {
             PushMethod::Replace => client.put(target.clone()),
             PushMethod::Update => client.post(target.clone()),

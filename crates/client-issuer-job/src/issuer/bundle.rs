@@ -39,7 +39,7 @@ impl<S: SecretStore> Issuer<'_, S> {
     /// therefore rebuilds on top of the winner's revocations instead of replacing them.
     pub(super) async fn finish(
         &self,
-        ca: CaCredential,
+        ca: &CaCredential,
         ca_created: bool,
         mut clients: Vec<ClientStatus>,
         mut attention: Vec<EntryProblem>,
@@ -62,7 +62,7 @@ impl<S: SecretStore> Issuer<'_, S> {
                 None => Vec::new(),
             };
             let revoked = merge_revocations(&published, &known);
-            let (crl_pem, crl_signed) = self.crl(&ca, previous.as_ref(), &revoked)?;
+            let (crl_pem, crl_signed) = self.crl(ca, previous.as_ref(), &revoked)?;
             let crl = Crl::from_pem(&crl_pem, BUNDLE_CRL)?;
             let mut ca_bundle = ca.certificate.to_pem();
             let mut crl_bundle = crl_pem.clone();

@@ -12,6 +12,7 @@ use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
 use pki_core::{Certificate, Pkcs12Profile, RevocationReason, RevokedCertificate, read_pkcs12};
 
+use super::index::Record;
 use super::{ClientAction, ClientStatus, Source, rfc3339};
 
 /// The fields the previous scripts' `generate_client_cert` wrote for a user: `p12` (base64),
@@ -97,6 +98,9 @@ pub(super) enum Stored {
     Previous(Box<PreviousEntry>),
     /// An entry of no shape this job knows: left alone, reported by name.
     Unknown { problem: String },
+    /// An entry this job wrote, known from the client index at the version it records
+    /// (see `index.rs`); read in full before anything is written to it.
+    Indexed(Box<Record>),
 }
 
 impl Stored {
@@ -139,6 +143,7 @@ impl Stored {
                 Some(e.status(name, action))
             }
             Self::Previous(e) => Some(e.status(name, ClientAction::Previous)),
+            Self::Indexed(r) => r.unchanged_status(name),
             Self::Absent { .. } | Self::Unknown { .. } => None,
         }
     }
@@ -147,6 +152,7 @@ impl Stored {
     pub(super) fn problem(&self) -> Option<&str> {
         match self {
             Self::Present(e) if e.revoked.is_none() => e.unusable.as_deref(),
+            Self::Indexed(r) if !r.is_revoked() => r.unusable(),
             Self::Unknown { problem } => Some(problem),
             _ => None,
         }
@@ -251,7 +257,7 @@ pub(super) fn format_history(revocations: &[RevokedCertificate]) -> String {
     out
 }
 
-fn parse_history(text: &str) -> Result<Vec<RevokedCertificate>, String> {
+pub(super) fn parse_history(text: &str) -> Result<Vec<RevokedCertificate>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {

@@ -11,6 +11,7 @@ use crate::clients_file::DeclaredClient;
 use crate::config::PkiSettings;
 
 const BUNDLE: &str = "pki/ca";
+const INDEX: &str = "pki/clients-index";
 
 fn t0() -> OffsetDateTime {
     // 2026-01-10 12:00 UTC
@@ -417,18 +418,15 @@ fn unusable_bundles_are_named_left_alone_and_repaired_on_request() {
             ("carol".into(), format!("field 'p12' holds the certificate of 'CN=bob' (serial {}), not this entry's (serial {}); re-issue it with 'client-issuer-job repair carol'", serial(&store, "bob"), serial(&store, "carol"))),
         ]
     );
-    assert!(
-        store.written().is_empty(),
-        "left alone: {:?}",
-        store.written()
-    );
+    // The entries are left alone; the index, built from them, records them as they are.
+    assert_eq!(store.written(), [INDEX], "left alone");
 
     // Repair re-issues only what is named, keeping the others as they are.
     let pki = PkiSettings::defaults("secret");
     let issuer =
         Issuer::new(&store, &pki, t0() + Duration::minutes(2)).repairing(["carol".to_owned()]);
     let summary = block_on(issuer.converge(&clients(&["alice", "bob", "carol"]))).unwrap();
-    assert_eq!(store.written(), ["pki/clients/carol"]);
+    assert_eq!(store.written(), [INDEX, "pki/clients/carol", INDEX]);
     assert_eq!(
         summary
             .attention
@@ -948,4 +946,262 @@ fn an_older_version_holding_another_key_stops_the_adoption_before_any_write() {
         "the adopted version is destroyed"
     );
     drop(first);
+}
+
+// ---- The client index ----
+
+/// The client entries a run read in full.
+fn entries_read(store: &ScriptedStore) -> Vec<String> {
+    store
+        .log()
+        .into_iter()
+        .filter_map(|op| match op {
+            Operation::Read(path) if path.starts_with("pki/clients/") => Some(path),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stored_index(store: &ScriptedStore) -> super::index::Index {
+    super::index::Index::parse(&store.current(INDEX).expect("an index").data).unwrap()
+}
+
+#[test]
+fn with_a_current_index_a_run_reads_no_client_entry() {
+    let store = three_clients();
+    assert_eq!(stored_index(&store).clients.len(), 3);
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert!(
+        entries_read(&store).is_empty(),
+        "{:?}",
+        entries_read(&store)
+    );
+    assert!(store.written().is_empty(), "{:?}", store.written());
+    assert_eq!(summary.count(super::ClientAction::Kept), 3);
+}
+
+#[test]
+fn an_absent_index_is_built_from_the_entries() {
+    let mut contents = three_clients().contents();
+    contents.forget(INDEX);
+    let store = ScriptedStore::with_contents(contents);
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(entries_read(&store).len(), 3);
+    assert_eq!(store.written(), [INDEX]);
+    assert_eq!(summary.writes(), 0);
+    assert_eq!(stored_index(&store).clients.len(), 3);
+}
+
+#[test]
+fn an_entry_edited_by_hand_behind_the_index_is_read_and_acted_on() {
+    let store = three_clients();
+    edit(&store, "alice", "email", "someone@example.org");
+    edit(&store, "bob", "p12", "garbage!");
+    let store = ScriptedStore::with_contents(store.contents());
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(
+        entries_read(&store),
+        ["pki/clients/alice", "pki/clients/bob"],
+        "only the edited entries are read"
+    );
+    // alice's email differs from the file's: re-issued; bob's garbled bundle is named.
+    let alice = summary.clients.iter().find(|c| c.name == "alice").unwrap();
+    assert_eq!(alice.action, super::ClientAction::Renewed);
+    assert_eq!(problems(&summary).len(), 1);
+    assert_eq!(problems(&summary)[0].0, "bob");
+    // The next run still names bob, from the index, and reads nothing.
+    let store = ScriptedStore::with_contents(store.contents());
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(2),
+    )
+    .unwrap();
+    assert!(
+        entries_read(&store).is_empty(),
+        "{:?}",
+        entries_read(&store)
+    );
+    assert_eq!(problems(&summary)[0].0, "bob");
+}
+
+#[test]
+fn an_entry_deleted_by_hand_behind_the_index_is_issued_again() {
+    let mut contents = three_clients().contents();
+    contents.forget("pki/clients/alice");
+    let store = ScriptedStore::with_contents(contents);
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    let alice = summary.clients.iter().find(|c| c.name == "alice").unwrap();
+    assert_eq!(alice.action, super::ClientAction::Issued);
+    assert_eq!(store.written(), ["pki/clients/alice", INDEX]);
+}
+
+#[test]
+fn an_entry_deleted_and_written_again_at_the_same_version_is_read() {
+    let store = three_clients();
+    let mut contents = store.contents();
+    // Removed with its history, then written by hand: version 1 again, another entry.
+    contents.forget("pki/clients/alice");
+    let mut data = SecretData::new();
+    data.insert("note", "written by hand");
+    contents.put("pki/clients/alice", data);
+    let store = ScriptedStore::with_contents(contents);
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(entries_read(&store), ["pki/clients/alice"]);
+    assert_eq!(problems(&summary).len(), 1);
+    assert_eq!(problems(&summary)[0].0, "alice");
+}
+
+#[test]
+fn a_corrupt_index_or_one_of_another_ca_is_rebuilt() {
+    let garbled = |contents: &mut Contents| {
+        let mut data = SecretData::new();
+        data.insert("index", "{not json");
+        contents.put(INDEX, data);
+    };
+    let other_ca = |contents: &mut Contents| {
+        let mut data = contents.current(INDEX).unwrap().data;
+        let text = data
+            .get("index")
+            .unwrap()
+            .replacen("\"ca\":\"", "\"ca\":\"00", 1);
+        data.insert("index", text);
+        contents.put(INDEX, data);
+    };
+    for spoil in [garbled as fn(&mut Contents), other_ca] {
+        let mut contents = three_clients().contents();
+        spoil(&mut contents);
+        let store = ScriptedStore::with_contents(contents);
+        converge(
+            &store,
+            &["alice", "bob", "carol"],
+            t0() + Duration::minutes(1),
+        )
+        .unwrap();
+        assert_eq!(entries_read(&store).len(), 3);
+        assert_eq!(store.written(), [INDEX]);
+        assert_eq!(stored_index(&store).clients.len(), 3);
+    }
+}
+
+#[test]
+fn an_index_written_first_by_a_concurrent_run_is_kept_and_checked_by_the_next() {
+    let store = three_clients();
+    // Another run writes the index between this run's read and write of it; its summary of
+    // alice is outdated (alice was re-issued by hand afterwards, say).
+    let stale = store.current(INDEX).unwrap().data;
+    store.before_write(INDEX, 1, move |contents| {
+        contents.put(INDEX, stale);
+    });
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol", "dave"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(summary.count(super::ClientAction::Issued), 1);
+    let index_writes: Vec<bool> = store
+        .log()
+        .into_iter()
+        .filter_map(|op| match op {
+            Operation::Write { path, written, .. } if path == INDEX => Some(written),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        index_writes,
+        [false],
+        "the conflicting write is not retried"
+    );
+    // The winner's index does not know dave: the next run reads dave, keeps it, and
+    // records it.
+    let store = ScriptedStore::with_contents(store.contents());
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol", "dave"],
+        t0() + Duration::minutes(2),
+    )
+    .unwrap();
+    assert_eq!(entries_read(&store), ["pki/clients/dave"]);
+    assert_eq!(summary.writes(), 0);
+    assert_eq!(store.written(), [INDEX]);
+    assert_eq!(stored_index(&store).clients.len(), 4);
+}
+
+#[test]
+fn an_index_the_policy_does_not_grant_means_reading_every_entry() {
+    let store = three_clients();
+    store.fail_read(
+        INDEX,
+        1,
+        job_support::StoreError::Denied {
+            operation: "read",
+            path: format!("secret/{INDEX}"),
+            detail: "1 error occurred: permission denied".into(),
+            login: false,
+        },
+    );
+    let summary = converge(
+        &store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(1),
+    )
+    .unwrap();
+    assert_eq!(entries_read(&store).len(), 3);
+    assert_eq!(summary.count(super::ClientAction::Kept), 3);
+    // Its index write names version 0 and conflicts with the one there: nothing is replaced.
+    assert!(store.written().is_empty(), "{:?}", store.written());
+}
+
+#[test]
+fn the_one_off_issue_reads_only_its_own_entry() {
+    let store = three_clients();
+    let pki = PkiSettings::defaults("secret");
+    let summary = block_on(Issuer::new(&store, &pki, t0()).issue_one(&client("dave"))).unwrap();
+    assert_eq!(entries_read(&store), ["pki/clients/dave"]);
+    assert!(
+        !store
+            .log()
+            .iter()
+            .any(|op| matches!(op, Operation::List(_))),
+        "{:?}",
+        store.log()
+    );
+    assert_eq!(summary.clients.len(), 1);
+    assert_eq!(store.written(), ["pki/clients/dave"]);
+
+    // For the metrics, the others as the index recorded them: one more read, of the index.
+    let summary = block_on(
+        Issuer::new(&store, &pki, t0())
+            .summarising_others(true)
+            .issue_one(&client("erin")),
+    )
+    .unwrap();
+    let names: Vec<&str> = summary.clients.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["alice", "bob", "carol", "erin"]);
 }

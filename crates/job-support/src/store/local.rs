@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
+use super::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
 
 /// A KV v2 look-alike rooted at a directory.
 #[derive(Debug, Clone)]
@@ -168,6 +168,41 @@ impl SecretStore for LocalStore {
         }
         names.sort();
         Ok(names)
+    }
+
+    /// One directory listing and, per entry, its first and latest version files: the first
+    /// holds the entry's `created_time` (a directory removed and written again starts over at
+    /// version 1 with a new one), the latest whether it is destroyed.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, EntryVersion>>, StoreError> {
+        let mut versions = std::collections::BTreeMap::new();
+        for name in self.list(prefix).await? {
+            let path = format!("{prefix}/{name}");
+            let dir = self.entry_dir(&path, "list")?;
+            let version = self.latest_version(&dir, &path, "list")?;
+            let read = |v: u64| -> Result<Option<VersionFile>, StoreError> {
+                let file = version_file(&dir, v);
+                match fs::read_to_string(&file) {
+                    Ok(text) => Ok(serde_json::from_str(&text).ok()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(self.io_error("list", &path, &file, &e)),
+                }
+            };
+            let created = read(1)?.map(|f| f.created_time).unwrap_or_default();
+            // An unreadable latest version is left for the read to report by name.
+            let deleted = read(version)?.is_some_and(|f| f.destroyed);
+            versions.insert(
+                name,
+                EntryVersion {
+                    version,
+                    created,
+                    deleted,
+                },
+            );
+        }
+        Ok(Some(versions))
     }
 
     async fn write(
@@ -405,6 +440,50 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.list("pki/clients").await.unwrap(), ["alice", "bob"]);
+    }
+
+    /// As OpenBao's LIST on `detailed-metadata/`: entries only, each with its current version,
+    /// a creation time that changes when the entry is removed and written again, and whether
+    /// its latest version is destroyed.
+    #[tokio::test]
+    async fn versions_are_listed_with_what_tells_a_re_created_entry_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        assert!(
+            store
+                .list_versions("pki/clients")
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+        for name in ["alice", "bob", "carol/nested"] {
+            store
+                .write(&format!("pki/clients/{name}"), &data("x"), 0)
+                .await
+                .unwrap();
+        }
+        store
+            .write("pki/clients/alice", &data("y"), 1)
+            .await
+            .unwrap();
+        let first = store.list_versions("pki/clients").await.unwrap().unwrap();
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["alice", "bob"]);
+        assert_eq!((first["alice"].version, first["bob"].version), (2, 1));
+        assert!(!first["alice"].deleted && !first["alice"].created.is_empty());
+
+        // Removed with its history and written again: version 1 again, another entry.
+        fs::remove_dir_all(dir.path().join("secret/pki/clients/bob")).unwrap();
+        store.write("pki/clients/bob", &data("z"), 0).await.unwrap();
+        store
+            .destroy_versions("pki/clients/alice", &[2])
+            .await
+            .unwrap();
+        let second = store.list_versions("pki/clients").await.unwrap().unwrap();
+        assert_eq!(second["bob"].version, 1);
+        assert_ne!(second["bob"].created, first["bob"].created);
+        assert!(second["alice"].deleted);
+        assert_eq!(second["alice"].created, first["alice"].created);
     }
 
     #[tokio::test]

@@ -88,6 +88,21 @@ pub struct KvEntry {
     pub version: u64,
 }
 
+/// Where an entry stands, as its metadata tells without its data being read: enough to see
+/// that it changed since a run last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryVersion {
+    /// Its current version (from 1).
+    pub version: u64,
+    /// When its first version was written, as the store reports it. KV v2 numbers versions
+    /// afresh after `kv metadata delete`, so an entry deleted with its history and written
+    /// again can be back at the same version number; this tells the two apart.
+    pub created: String,
+    /// Whether the current version is deleted or destroyed (a read answers
+    /// [`StoreError::Deleted`]).
+    pub deleted: bool,
+}
+
 /// What a conditional write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -201,6 +216,15 @@ pub trait SecretStore {
     /// The names of the entries directly under `prefix` (not recursive, no trailing `/`),
     /// sorted; empty when there are none.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The current version of every entry directly under `prefix` (not recursive), in as few
+    /// requests as the store allows, without reading their data; `Ok(None)` when the store
+    /// cannot answer this without a request per entry (the caller then reads the entries).
+    /// Empty when there are none.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<BTreeMap<String, EntryVersion>>, StoreError>;
 
     /// Writes `data` as the next version of `path` if its current version is `cas`
     /// (0: only if it does not exist yet).

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome};
+use super::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome};
 
 /// One write a run would make.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -137,6 +137,24 @@ impl<S: SecretStore> SecretStore for PlanStore<'_, S> {
         Ok(names)
     }
 
+    /// The real store's answer while no write under `prefix` is recorded; afterwards `None`, so
+    /// the caller reads the entries (and sees the recorded ones).
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<BTreeMap<String, EntryVersion>>, StoreError> {
+        let under = format!("{prefix}/");
+        let recorded_under = self
+            .recorded()
+            .entries
+            .keys()
+            .any(|path| path.starts_with(&under));
+        if recorded_under {
+            return Ok(None);
+        }
+        self.inner.list_versions(prefix).await
+    }
+
     async fn write(
         &self,
         path: &str,
@@ -256,6 +274,12 @@ mod tests {
         let read = plan.read("pki/ca").await.unwrap().unwrap();
         assert_eq!((read.version, read.data.get("crl")), (2, Some("c")));
         assert_eq!(plan.list("pki/clients").await.unwrap(), vec!["alice"]);
+        // Versions under a prefix with recorded writes come from reads, not the real store.
+        assert!(plan.list_versions("pki/clients").await.unwrap().is_none());
+        assert_eq!(
+            plan.list_versions("istio").await.unwrap(),
+            store.list_versions("istio").await.unwrap()
+        );
         assert_eq!(
             plan.read_version("pki/ca", 1)
                 .await

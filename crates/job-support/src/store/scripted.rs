@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 
-use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
+use super::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
 
 /// An operation the store saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,11 @@ pub enum Operation {
 #[derive(Debug, Default, Clone)]
 pub struct Contents {
     entries: BTreeMap<String, Vec<Option<SecretData>>>,
+    /// When each entry was created, as a count of entries created so far: an entry removed
+    /// with [`Contents::forget`] and written again is a new entry, as KV v2 reports it with a
+    /// new `created_time`.
+    created: BTreeMap<String, u64>,
+    creations: u64,
 }
 
 impl Contents {
@@ -78,6 +83,10 @@ impl Contents {
 
     /// Writes `data` over whatever is there (a concurrent writer that won); the new version.
     pub fn put(&mut self, path: &str, data: SecretData) -> u64 {
+        if !self.entries.contains_key(path) {
+            self.creations += 1;
+            self.created.insert(path.to_owned(), self.creations);
+        }
         let versions = self.entries.entry(path.to_owned()).or_default();
         versions.push(Some(data));
         versions.len() as u64
@@ -102,6 +111,25 @@ impl Contents {
     /// Removes every version of `path`, as `vault kv metadata delete` does.
     pub fn forget(&mut self, path: &str) {
         self.entries.remove(path);
+        self.created.remove(path);
+    }
+
+    /// Every entry directly under `prefix` with its current version, as OpenBao's LIST on
+    /// `<mount>/detailed-metadata/<prefix>` reports them.
+    fn versions_under(&self, prefix: &str) -> BTreeMap<String, EntryVersion> {
+        self.list(prefix)
+            .into_iter()
+            .map(|name| {
+                let path = format!("{prefix}/{name}");
+                let versions = &self.entries[&path];
+                let entry = EntryVersion {
+                    version: versions.len() as u64,
+                    created: self.created.get(&path).copied().unwrap_or(0).to_string(),
+                    deleted: versions.last().is_none_or(Option::is_none),
+                };
+                (name, entry)
+            })
+            .collect()
     }
 
     /// Applies a check-and-set write as Vault does.
@@ -343,6 +371,17 @@ impl SecretStore for ScriptedStore {
         Ok(state.contents.list(prefix))
     }
 
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<BTreeMap<String, EntryVersion>>, StoreError> {
+        check_path(prefix).map_err(|d| malformed("list", prefix, d))?;
+        let mut state = self.state();
+        state.log.push(Operation::List(prefix.to_owned()));
+        Self::fire(&mut state, Kind::List, prefix)?;
+        Ok(Some(state.contents.versions_under(prefix)))
+    }
+
     async fn write(
         &self,
         path: &str,
@@ -509,5 +548,30 @@ mod tests {
         store.put("p/a/deeper", data("1"));
         store.put("q/c", data("1"));
         assert_eq!(block_on(store.list("p")).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn versions_are_listed_as_openbao_lists_detailed_metadata() {
+        let store = ScriptedStore::new();
+        store.put("pki/clients/alice", data("1"));
+        store.put("pki/clients/alice", data("2"));
+        store.put("pki/clients/bob", data("1"));
+        store.put("pki/clients/carol/nested", data("1"));
+        let first = block_on(store.list_versions("pki/clients"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["alice", "bob"]);
+        assert_eq!((first["alice"].version, first["bob"].version), (2, 1));
+        let mut contents = store.contents();
+        contents.forget("pki/clients/bob");
+        contents.put("pki/clients/bob", data("again"));
+        contents.destroy("pki/clients/alice", &[2]);
+        let store = ScriptedStore::with_contents(contents);
+        let second = block_on(store.list_versions("pki/clients"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(second["bob"].version, 1);
+        assert_ne!(second["bob"].created, first["bob"].created);
+        assert!(second["alice"].deleted && !first["alice"].deleted);
     }
 }

@@ -20,7 +20,7 @@ use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-use super::{KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
+use super::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome, check_path};
 use crate::retry::{GaveUp, Request, RetryPolicy, retry, transient_status};
 
 /// How the job proves who it is to Vault.
@@ -603,6 +603,77 @@ impl SecretStore for VaultStore {
         Ok(names)
     }
 
+    /// One LIST of `<mount>/detailed-metadata/<prefix>`: OpenBao (since 2.x) answers it with
+    /// every key's metadata (`current_version`, `created_time`, `versions`) under `key_info`
+    /// ("List secrets with detailed metadata", <https://openbao.org/api-docs/secret/kv/kv-v2/>;
+    /// checked against `bao` 2.7.2: a prefix with no keys answers 404 with no errors).
+    /// `HashiCorp` Vault has no such path: its KV v2 LIST on `metadata/` returns key names only
+    /// (<https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#list-secrets>), and an
+    /// unknown path answers 404 or 405 with an error. Those answers, and a policy that does not
+    /// grant `list` on the path (403), give `Ok(None)`: the caller reads the entries instead.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<BTreeMap<String, EntryVersion>>, StoreError> {
+        let label = self.label(prefix);
+        check_path(prefix).map_err(|detail| StoreError::Malformed {
+            operation: "list",
+            path: label.clone(),
+            detail,
+        })?;
+        let endpoint_path = format!("{}/detailed-metadata/{prefix}", self.settings.kv_mount);
+        let answer = self
+            .send("list", &label, || async {
+                match vaultrs::api::exec_with_result(
+                    &self.client,
+                    DetailedMetadataList(endpoint_path.clone()),
+                )
+                .await
+                {
+                    Ok(listing) => Ok(DetailedAnswer::Listed(listing)),
+                    Err(ClientError::APIError { code: 404, errors }) if errors.is_empty() => {
+                        Ok(DetailedAnswer::Listed(DetailedListing::default()))
+                    }
+                    Err(ClientError::APIError {
+                        code: code @ 403..=405,
+                        errors,
+                    }) => Ok(DetailedAnswer::Unsupported(format!(
+                        "{code}: {}",
+                        errors.join("; ")
+                    ))),
+                    Err(e) => Err(Attempt::of(e)),
+                }
+            })
+            .await;
+        let listing = match answer {
+            Ok(DetailedAnswer::Listed(listing)) => listing,
+            Ok(DetailedAnswer::Unsupported(answer)) => {
+                debug!(path = %label, answer = %answer,
+                       "the store does not list entries with their versions; reading them instead");
+                return Ok(None);
+            }
+            Err(gave_up) => return Err(self.kv_failure("list", &label, gave_up).await),
+        };
+        let mut versions = BTreeMap::new();
+        for (name, info) in listing.key_info {
+            // Sub-folders end in '/': they are not entries.
+            if name.ends_with('/') {
+                continue;
+            }
+            let current = info.versions.get(&info.current_version.to_string());
+            let deleted = current.is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
+            versions.insert(
+                name,
+                EntryVersion {
+                    version: info.current_version,
+                    created: info.created_time,
+                    deleted,
+                },
+            );
+        }
+        Ok(Some(versions))
+    }
+
     async fn write(
         &self,
         path: &str,
@@ -781,6 +852,54 @@ impl rustify::endpoint::Endpoint for RawGet {
     fn method(&self) -> RequestMethod {
         RequestMethod::GET
     }
+}
+
+/// A LIST of `<mount>/detailed-metadata/<prefix>` (OpenBao), parsed into only the fields the
+/// version check needs: the answer for thousands of keys is never held as a JSON tree.
+struct DetailedMetadataList(String);
+
+impl rustify::endpoint::Endpoint for DetailedMetadataList {
+    type Response = DetailedListing;
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        self.0.clone()
+    }
+
+    fn method(&self) -> RequestMethod {
+        RequestMethod::LIST
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct DetailedListing {
+    #[serde(default)]
+    key_info: BTreeMap<String, KeyMetadata>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct KeyMetadata {
+    #[serde(default)]
+    current_version: u64,
+    #[serde(default)]
+    created_time: String,
+    #[serde(default)]
+    versions: BTreeMap<String, VersionMetadata>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct VersionMetadata {
+    #[serde(default)]
+    deletion_time: String,
+    #[serde(default)]
+    destroyed: bool,
+}
+
+enum DetailedAnswer {
+    Listed(DetailedListing),
+    /// The server's refusal: no such path (Vault), or not allowed.
+    Unsupported(String),
 }
 
 fn string_fields(data: Value) -> Result<SecretData, String> {
