@@ -394,3 +394,6 @@ fn verify_cluster(
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
+
+#[cfg(test)]
+mod tests;
