@@ -338,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_previous_scripts() {
         let plan = config(&[]).unwrap().plan;
         assert_eq!(
             (plan.root_path.as_str(), plan.clusters_path.as_str()),

@@ -173,7 +173,7 @@ impl RunSummary {
     }
 }
 
-/// A stored entry that is absent or only the seed's `placeholder=true`: the version a write
+/// A stored entry that is absent or only the previous scripts' `placeholder=true`: the version a write
 /// must name to replace it.
 fn writable_absent(entry: Option<&KvEntry>) -> Option<u64> {
     match entry {
@@ -1142,7 +1142,7 @@ impl Outcome {
     }
 }
 
-/// RFC 3339, as the seed's expiry check reads `created`.
+/// RFC 3339, as the previous scripts' expiry check reads `created`.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }

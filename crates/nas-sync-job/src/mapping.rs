@@ -1,7 +1,7 @@
 //! What to mirror where: each mapping names a KV entry, the fields to copy (optionally
 //! renamed), the kind of bundle (which decides how it is verified and, for a client CA, which
 //! Secret keys its consumer reads), and the target Secret. Read from a YAML file; without one,
-//! the seed's mapping: the NAS cluster's Istio bundle into `istio-system/cacerts`.
+//! the previous setup's mapping: the NAS cluster's Istio bundle into `istio-system/cacerts`.
 //!
 //! ```yaml
 //! mappings:
@@ -162,7 +162,7 @@ impl Mapping {
     }
 }
 
-/// The seed's mapping for a cluster: `istio/clusters/<cluster>` into `istio-system/cacerts`.
+/// The previous setup's mapping for a cluster: `istio/clusters/<cluster>` into `istio-system/cacerts`.
 #[must_use]
 pub fn default_mappings(cluster: &str) -> Vec<Mapping> {
     vec![Mapping {
@@ -314,7 +314,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_follow_the_seed() {
+    fn defaults_follow_the_previous_setup() {
         let m = &default_mappings("nas")[0];
         assert_eq!(
             (m.source.as_str(), m.target()),

@@ -1,4 +1,4 @@
-//! pki-core against the openssl CLI steps of the seeds' shell approach
+//! pki-core against the openssl CLI steps of the previous shell scripts
 //! (`../shared/baseline/bootstrap.sh` and `issue-clients.sh`, certificate parts only), on the
 //! same machine in one run. Prints medians and ratios; asserts nothing about time.
 //!

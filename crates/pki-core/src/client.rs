@@ -1,5 +1,5 @@
 //! Client certificates for people: what HAProxy's `verify required` checks against the client
-//! CA, one per user, with the email the seed's `generate_client_cert "name" "email"` took.
+//! CA, one per user, with the email the previous scripts' `generate_client_cert "name" "email"` took.
 
 use rcgen::{ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use time::{Duration, OffsetDateTime};

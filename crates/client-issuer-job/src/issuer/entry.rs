@@ -213,7 +213,7 @@ fn parse_client(entry: KvEntry) -> Result<ClientEntry, String> {
     })
 }
 
-/// Why the user cannot use the entry as the seed's download step does (`p12` base64-decoded,
+/// Why the user cannot use the entry as the previous scripts' download step does (`p12` base64-decoded,
 /// opened with `password`, holding the entry's own certificate), or `None` when they can.
 fn unusable(data: &SecretData, certificate: &Certificate) -> Option<String> {
     let Some(p12) = data.get("p12") else {
