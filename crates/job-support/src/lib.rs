@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod retry;
 pub mod store;
+pub mod yaml;
 
 pub use config::{AnyStore, ConfigError, StoreConfig, StoreLocation};
 pub use exit::{Failure, InvalidState};

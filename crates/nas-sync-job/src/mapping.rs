@@ -205,7 +205,7 @@ struct RawSecret {
 /// Parses and validates a mappings file; `Err` lists every problem.
 pub fn parse_mappings(yaml: &str) -> Result<Vec<Mapping>, Vec<String>> {
     let raw: RawFile =
-        serde_norway::from_str(yaml).map_err(|e| vec![format!("not a mappings file: {e}")])?;
+        job_support::yaml::from_str(yaml).map_err(|e| vec![format!("not a mappings file: {e}")])?;
     let mut problems = Vec::new();
     let mut mappings: Vec<Mapping> = Vec::new();
     for (i, m) in raw.mappings.into_iter().enumerate() {

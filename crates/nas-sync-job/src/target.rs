@@ -265,7 +265,7 @@ impl SecretTarget for ManifestTarget {
         };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let secret: Secret = serde_norway::from_str(&text).map_err(|e| {
+                let secret: Secret = job_support::yaml::from_str(&text).map_err(|e| {
                     anyhow::anyhow!("{} is not a Secret manifest: {e}", file.display())
                 })?;
                 Ok(Some(SecretState::from_secret(secret)))
@@ -295,7 +295,7 @@ impl SecretTarget for ManifestTarget {
             }
             .into());
         }
-        let manifest = serde_norway::to_string(&desired.to_secret(namespace, name))?;
+        let manifest = serde_saphyr::to_string(&desired.to_secret(namespace, name))?;
         let Some(file) = self.file(namespace, name) else {
             print!("---\n{manifest}");
             return Ok(());
