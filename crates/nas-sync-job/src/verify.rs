@@ -46,9 +46,7 @@ pub fn verify_bundle(
                 )),
                 None => None,
             };
-            let crl_set = crls
-                .as_ref()
-                .map(|(crls, label)| CrlSet { crls, label });
+            let crl_set = crls.as_ref().map(|(crls, label)| CrlSet { crls, label });
             let bundle = check_client_trust(cas, crl_set, now).map_err(|e| e.to_string())?;
             Ok(bundle.fingerprint_sha256().to_owned())
         }
@@ -142,7 +140,8 @@ mod tests {
             verify_bundle(files, &data(&[("ca.crt", &ca), ("crl.pem", &stale)]), now).unwrap_err();
         assert!(
             error.starts_with("the CRL of 'O=Test, CN=New CA' passed its nextUpdate (")
-                && error.ends_with("); HAProxy with a crl-file would refuse every client of that CA"),
+                && error
+                    .ends_with("); HAProxy with a crl-file would refuse every client of that CA"),
             "{error}"
         );
         // haproxytech reads no CRL: the CAs alone are checked.

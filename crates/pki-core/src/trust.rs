@@ -155,19 +155,25 @@ mod tests {
         Crl::from_pem(&pem, "crl").unwrap()
     }
 
-    fn set(crls: &[Crl]) -> Option<CrlSet<'_>> {
-        Some(CrlSet {
+    fn set(crls: &[Crl]) -> CrlSet<'_> {
+        CrlSet {
             crls,
             label: "ca.crl",
-        })
+        }
     }
 
     #[test]
     fn each_ca_gets_its_own_crl_in_bundle_order() {
-        let (new, old) = (ca("New", NOW - Duration::days(1), 30), ca("Old", NOW - Duration::days(9), 30));
-        let crls = [crl(&old, NOW + Duration::days(7)), crl(&new, NOW + Duration::days(7))];
+        let (new, old) = (
+            ca("New", NOW - Duration::days(1), 30),
+            ca("Old", NOW - Duration::days(9), 30),
+        );
+        let crls = [
+            crl(&old, NOW + Duration::days(7)),
+            crl(&new, NOW + Duration::days(7)),
+        ];
         let cas = vec![new.certificate.clone(), old.certificate.clone()];
-        let bundle = check_client_trust(cas, set(&crls), NOW).unwrap();
+        let bundle = check_client_trust(cas, Some(set(&crls)), NOW).unwrap();
         assert_eq!(bundle.cas().len(), 2);
         assert_eq!(bundle.cas()[0].crl.as_ref(), Some(&crls[1]));
         assert_eq!(bundle.cas()[1].crl.as_ref(), Some(&crls[0]));
@@ -175,7 +181,10 @@ mod tests {
             bundle.ca_pem(),
             format!("{}{}", new.certificate.to_pem(), old.certificate.to_pem())
         );
-        assert_eq!(bundle.crl_pem(), format!("{}{}", crls[1].to_pem(), crls[0].to_pem()));
+        assert_eq!(
+            bundle.crl_pem(),
+            format!("{}{}", crls[1].to_pem(), crls[0].to_pem())
+        );
         assert_eq!(
             bundle.fingerprint_sha256(),
             new.certificate.info().fingerprint_sha256
@@ -192,10 +201,13 @@ mod tests {
 
     #[test]
     fn a_ca_without_its_crl_is_named() {
-        let (new, old) = (ca("New", NOW - Duration::days(1), 30), ca("Old", NOW - Duration::days(9), 30));
+        let (new, old) = (
+            ca("New", NOW - Duration::days(1), 30),
+            ca("Old", NOW - Duration::days(9), 30),
+        );
         let crls = [crl(&new, NOW + Duration::days(7))];
         let cas = vec![new.certificate.clone(), old.certificate.clone()];
-        let err = check_client_trust(cas, set(&crls), NOW).unwrap_err();
+        let err = check_client_trust(cas, Some(set(&crls)), NOW).unwrap_err();
         assert_eq!(
             err,
             PkiError::MissingCrl {
@@ -215,7 +227,8 @@ mod tests {
         let new = ca("New", NOW - Duration::days(1), 30);
         let next_update = NOW - Duration::hours(1);
         let crls = [crl(&new, next_update)];
-        let err = check_client_trust(vec![new.certificate.clone()], set(&crls), NOW).unwrap_err();
+        let err =
+            check_client_trust(vec![new.certificate.clone()], Some(set(&crls)), NOW).unwrap_err();
         assert_eq!(
             err,
             PkiError::CrlExpired {
@@ -234,7 +247,7 @@ mod tests {
     fn an_expired_or_future_ca_is_refused() {
         let expired = ca("Expired", NOW - Duration::days(40), 30);
         let crls = [crl(&expired, NOW + Duration::days(7))];
-        let err = check_client_trust(vec![expired.certificate.clone()], set(&crls), NOW);
+        let err = check_client_trust(vec![expired.certificate.clone()], Some(set(&crls)), NOW);
         assert!(matches!(err, Err(PkiError::Expired { .. })), "{err:?}");
         let future = ca("Future", NOW + Duration::days(2), 30);
         let err = check_client_trust(vec![future.certificate.clone()], None, NOW);
@@ -262,6 +275,9 @@ mod tests {
     #[test]
     fn no_ca_at_all_is_refused() {
         let err = check_client_trust(Vec::new(), None, NOW).unwrap_err();
-        assert_eq!(err.to_string(), "the client trust bundle holds no CERTIFICATE");
+        assert_eq!(
+            err.to_string(),
+            "the client trust bundle holds no CERTIFICATE"
+        );
     }
 }
