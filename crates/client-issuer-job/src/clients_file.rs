@@ -86,13 +86,7 @@ struct RawClient {
 /// segment, a file name and a certificate CN.
 #[must_use]
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+    job_support::config::dns_label(name)
 }
 
 /// The declared clients of the file; see [`parse_clients_file`].
@@ -319,18 +313,21 @@ mod tests {
 
     #[test]
     fn a_key_given_twice_is_refused() {
-        let problems = parse_clients(
-            "clients:\n  - name: a\n    email: a@example.org\n    name: b\n",
-        )
-        .unwrap_err();
+        let problems =
+            parse_clients("clients:\n  - name: a\n    email: a@example.org\n    name: b\n")
+                .unwrap_err();
         assert_eq!(
             problems,
-            ["not a clients file: duplicate mapping key `name` is not allowed here at line 4, column 5"]
+            [
+                "not a clients file: duplicate mapping key `name` is not allowed here at line 4, column 5"
+            ]
         );
         let problems = parse_clients("clients: []\nclients:\n  - name: a\n").unwrap_err();
         assert_eq!(
             problems,
-            ["not a clients file: duplicate mapping key `clients` is not allowed here at line 2, column 1"]
+            [
+                "not a clients file: duplicate mapping key `clients` is not allowed here at line 2, column 1"
+            ]
         );
     }
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use job_support::config::{
-    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
-    renewal_policy,
+    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_bool, parse_number,
+    raw_from_vars, renewal_policy,
 };
 use job_support::metrics::Pushgateway;
 use pki_core::time::{Duration, OffsetDateTime};
@@ -298,16 +298,11 @@ fn revoke_guard(raw: &RawIssuerConfig) -> Result<RevokeGuard, ConfigError> {
             10,
             0..=1_000_000,
         )?,
-        allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "ALLOW_MASS_REVOCATION",
-                    format!("'{other}' is not true or false"),
-                ));
-            }
-        },
+        allowed: parse_bool(
+            "ALLOW_MASS_REVOCATION",
+            raw.allow_mass_revocation.as_deref().map(str::trim),
+        )?
+        .unwrap_or(false),
     })
 }
 
@@ -385,12 +380,13 @@ fn legacy_cas(
         crls: &crls,
         label: "the legacy CRL files",
     };
-    let bundle = check_client_trust(cas, Some(crl_set), OffsetDateTime::now_utc()).map_err(|e| {
-        let variable = match e {
-            PkiError::MissingCrl { .. } | PkiError::CrlExpired { .. } => "LEGACY_CRL_FILES",
-            _ => "LEGACY_CA_FILES",
-        };
-        ConfigError::new(variable, e.to_string())
-    })?;
+    let bundle =
+        check_client_trust(cas, Some(crl_set), OffsetDateTime::now_utc()).map_err(|e| {
+            let variable = match e {
+                PkiError::MissingCrl { .. } | PkiError::CrlExpired { .. } => "LEGACY_CRL_FILES",
+                _ => "LEGACY_CA_FILES",
+            };
+            ConfigError::new(variable, e.to_string())
+        })?;
     Ok(bundle.cas().to_vec())
 }

@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, non_blank, raw_from_vars};
+use crate::vars::{ConfigError, non_blank, raw_from_vars};
 
 /// The variables of the Pushgateway, for each job's `--help` (`{job}` is the default job
 /// label).
@@ -227,13 +227,7 @@ pub fn label(name: &str, value: impl Into<String>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::vars::test_vars as vars;
 
     #[test]
     fn gauges_encode_with_labels_and_help() {
