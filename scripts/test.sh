@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Every test, from a fresh checkout: installs the test peers, then checks formatting, lints,
-# builds the job images, and runs the whole workspace's tests (unit tests, and the integration
-# binary in tests/ that starts OpenBao, HAProxy, a Pushgateway and a fake Kubernetes API on
-# free loopback ports, drives openssl, keytool, kubectl, promtool and podman).
+# Every test, from a fresh checkout: installs the test peers, then checks the dependencies
+# (cargo-deny), formatting and lints, builds the job images, and runs the whole workspace's tests
+# (unit tests, and the integration binary in tests/ that starts OpenBao, HAProxy, a Pushgateway
+# and a fake Kubernetes API on free loopback ports, drives openssl, keytool, kubectl, promtool
+# and podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-test-peers.sh
+# Licences, banned and duplicated crates, sources (deny.toml). The advisory database is a git
+# repository on GitHub, which this machine cannot reach: CI checks advisories as a step of its own.
+.tools/cargo-deny/bin/cargo-deny --locked check bans licenses sources
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests run the job binaries as a Pod would, and the images as Kubernetes would:

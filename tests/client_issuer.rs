@@ -182,7 +182,7 @@ fn migration_trusts_the_legacy_ca_only_with_its_crl() {
     assert_exit(&refused, 2);
     assert!(
         refused.error().starts_with(
-            "invalid LEGACY_CRL_FILES: no CRL signed by legacy CA 'O=Old, CN=Old Client CA'"
+            "invalid LEGACY_CRL_FILES: the legacy CRL files: no CRL signed by 'O=Old, CN=Old Client CA'"
         ),
         "{}",
         refused.error()

@@ -111,7 +111,7 @@ fn schema_problems(objects: &[Value]) -> Option<String> {
     for (i, object) in core.iter().enumerate() {
         files.push(dir.write(
             &format!("{i}.yaml"),
-            serde_norway::to_string(object).unwrap(),
+            serde_saphyr::to_string(object).unwrap(),
         ));
     }
     if !files.is_empty() {
@@ -585,7 +585,7 @@ fn every_object_has_exactly_one_owning_kustomization() {
         let mut referenced = BTreeSet::new();
         for file in &dirs {
             let text = std::fs::read_to_string(file).unwrap();
-            let value: Value = serde_norway::from_str(&text).unwrap();
+            let value: Value = serde_saphyr::from_str(&text).unwrap();
             for key in ["resources", "components"] {
                 for r in value[key].as_array().into_iter().flatten() {
                     if let Ok(path) = file
@@ -673,7 +673,7 @@ fn the_alert_rules_pass_promtool_and_fire_on_sample_series() {
         let dir = Scratch::new();
         dir.write(
             "rules.yaml",
-            serde_norway::to_string(&serde_json::json!({"groups": rule["spec"]["groups"]}))
+            serde_saphyr::to_string(&serde_json::json!({"groups": rule["spec"]["groups"]}))
                 .unwrap(),
         );
         let check = run("promtool", &["check", "rules", "rules.yaml"], dir.path());

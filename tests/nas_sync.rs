@@ -465,17 +465,19 @@ fn manifests_are_encrypted_for_age_recipients() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let plain: serde_norway::Value = serde_norway::from_str(
+    let plain: serde_json::Value = job_support::yaml::from_str::<serde_json::Value>(
         &std::fs::read_to_string(dir.join("plain/istio-system.cacerts.yaml")).unwrap(),
     )
     .unwrap();
 
     let decrypted = sops_decrypt(dir, "alice.txt", &[file.to_str().unwrap()]).ok();
-    let decrypted: serde_norway::Value = serde_norway::from_str(&decrypted.stdout).unwrap();
+    let decrypted: serde_json::Value =
+        job_support::yaml::from_str::<serde_json::Value>(&decrypted.stdout).unwrap();
     assert_eq!(decrypted, plain, "sops decrypts to the plaintext manifest");
 
     // age alone opens the data key stanza.
-    let sealed: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let sealed: serde_json::Value =
+        job_support::yaml::from_str::<serde_json::Value>(&text).unwrap();
     let enc = sealed["sops"]["age"][0]["enc"].as_str().unwrap();
     std::fs::write(dir.join("key.age"), enc).unwrap();
     run(
@@ -488,7 +490,8 @@ fn manifests_are_encrypted_for_age_recipients() {
 
     // Flux decrypts after kustomize build, which re-serialises the resource as JSON with sorted
     // keys (serde_json's map here is sorted) and may set the namespace or labels.
-    let mut flux: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let mut flux: serde_json::Value =
+        job_support::yaml::from_str::<serde_json::Value>(&text).unwrap();
     flux["metadata"]["namespace"] = "pki".into();
     flux["metadata"]["labels"] = serde_json::json!({"app.kubernetes.io/part-of": "pki"});
     std::fs::write(dir.join("flux.json"), serde_json::to_string(&flux).unwrap()).unwrap();
@@ -524,14 +527,14 @@ fn manifests_are_encrypted_for_age_recipients() {
     std::fs::write(dir.join("printed.yaml"), doc).unwrap();
     let decrypted = sops_decrypt(dir, "alice.txt", &["printed.yaml"]).ok();
     assert_eq!(
-        serde_norway::from_str::<serde_norway::Value>(&decrypted.stdout).unwrap(),
+        job_support::yaml::from_str::<serde_json::Value>(&decrypted.stdout).unwrap(),
         plain
     );
 }
 
 /// `sops` refuses the sealed manifest `file` (parsed: `sealed`) for another identity, with a
 /// value removed (the MAC), and with values swapped between keys (each is bound to its path).
-fn refuses_other_identities_and_tampering(dir: &Path, file: &Path, sealed: &serde_norway::Value) {
+fn refuses_other_identities_and_tampering(dir: &Path, file: &Path, sealed: &serde_json::Value) {
     let wrong = sops_decrypt(dir, "eve.txt", &[file.to_str().unwrap()]).failed();
     assert!(
         wrong.stderr.contains("Failed to get the data key"),
@@ -540,12 +543,12 @@ fn refuses_other_identities_and_tampering(dir: &Path, file: &Path, sealed: &serd
     );
     let mut dropped = sealed.clone();
     dropped["data"]
-        .as_mapping_mut()
+        .as_object_mut()
         .unwrap()
         .remove("cert-chain.pem");
     std::fs::write(
         dir.join("dropped.yaml"),
-        serde_norway::to_string(&dropped).unwrap(),
+        serde_saphyr::to_string(&dropped).unwrap(),
     )
     .unwrap();
     let mismatch = sops_decrypt(dir, "alice.txt", &["dropped.yaml"]).failed();
@@ -560,7 +563,7 @@ fn refuses_other_identities_and_tampering(dir: &Path, file: &Path, sealed: &serd
     swapped["data"]["ca-cert.pem"] = root;
     std::fs::write(
         dir.join("swapped.yaml"),
-        serde_norway::to_string(&swapped).unwrap(),
+        serde_saphyr::to_string(&swapped).unwrap(),
     )
     .unwrap();
     let refused = sops_decrypt(dir, "alice.txt", &["swapped.yaml"]).failed();

@@ -215,7 +215,7 @@ struct Job {
 fn workflow(name: &str) -> (String, Workflow) {
     let path = workspace_root().join(".github/workflows").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
-    let parsed = serde_norway::from_str(&text).unwrap();
+    let parsed = serde_saphyr::from_str(&text).unwrap();
     (text, parsed)
 }
 

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::openbao::workspace_root;
@@ -14,8 +13,9 @@ use super::tools::{Scratch, run};
 pub const CLUSTERS: [&str; 2] = ["homelab", "nas"];
 
 pub fn yaml_documents(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+    serde_saphyr::from_str_multiple::<Value, Vec<Value>>(text)
+        .expect("valid YAML")
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }

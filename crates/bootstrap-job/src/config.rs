@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use job_support::config::{
-    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
-    renewal_policy,
+    ConfigError, StoreConfig, dns_label, key_algorithm, kv_path, non_blank, parse_number,
+    raw_from_vars, renewal_policy,
 };
 use job_support::metrics::Pushgateway;
 use pki_core::istio::IstioCaParams;
@@ -298,14 +298,7 @@ fn cluster_pairs(
 fn cluster_names(list: &str) -> Result<Vec<String>, ConfigError> {
     let mut names: Vec<String> = Vec::new();
     for name in list.split(',').map(str::trim) {
-        let valid = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if !valid {
+        if !dns_label(name) {
             return Err(ConfigError::new(
                 "ISTIO_CLUSTERS",
                 format!(

@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 
 use job_support::config::{
-    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_number, raw_from_vars,
-    renewal_policy,
+    ConfigError, StoreConfig, key_algorithm, kv_path, non_blank, parse_bool, parse_number,
+    raw_from_vars, renewal_policy,
 };
 use job_support::metrics::Pushgateway;
-use pki_core::time::Duration;
-use pki_core::{Certificate, Crl, KeyAlgorithm, Pkcs12Profile, RenewalPolicy};
+use pki_core::time::{Duration, OffsetDateTime};
+use pki_core::{
+    Certificate, Crl, CrlSet, KeyAlgorithm, Pkcs12Profile, PkiError, RenewalPolicy,
+    check_client_trust,
+};
 use serde::Deserialize;
 
 /// The Vault role the job logs in with unless `VAULT_AUTH_ROLE` says otherwise.
@@ -73,13 +76,7 @@ struct RawIssuerConfig {
 
 /// A CA of the previous system that HAProxy keeps trusting during a migration, with the CRL
 /// HAProxy needs for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LegacyCa {
-    /// The CA certificate.
-    pub certificate: Certificate,
-    /// Its CRL, PEM as supplied.
-    pub crl_pem: String,
-}
+pub type LegacyCa = pki_core::TrustedCa;
 
 /// Everything the job needs, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,16 +298,11 @@ fn revoke_guard(raw: &RawIssuerConfig) -> Result<RevokeGuard, ConfigError> {
             10,
             0..=1_000_000,
         )?,
-        allowed: match raw.allow_mass_revocation.as_deref().map(str::trim) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "ALLOW_MASS_REVOCATION",
-                    format!("'{other}' is not true or false"),
-                ));
-            }
-        },
+        allowed: parse_bool(
+            "ALLOW_MASS_REVOCATION",
+            raw.allow_mass_revocation.as_deref().map(str::trim),
+        )?
+        .unwrap_or(false),
     })
 }
 
@@ -352,9 +344,11 @@ fn file_list(value: Option<&str>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Each legacy CA must come with a CRL it signed: HAProxy with `crl-file` refuses every
-/// client, of every CA, once one CA of `ca-file` has no CRL. Refusing the configuration here
-/// keeps a migration from locking everyone out.
+/// The legacy CAs, checked by the trust policy the published bundle follows
+/// ([`pki_core::check_client_trust`]) at the time the job starts: each must be a valid CA with a
+/// current CRL it signed, since HAProxy with `crl-file` refuses every client of a CA of its
+/// `ca-file` that has none. Refusing the configuration here keeps a migration from locking
+/// those clients out.
 fn legacy_cas(
     ca_files: Option<&str>,
     crl_files: Option<&str>,
@@ -366,38 +360,33 @@ fn legacy_cas(
     let mut crls = Vec::new();
     for path in file_list(crl_files) {
         let text = read("LEGACY_CRL_FILES", &path)?;
-        let crl = Crl::from_pem(&text, &path.display().to_string())
-            .map_err(|e| ConfigError::new("LEGACY_CRL_FILES", e.to_string()))?;
-        crls.push((crl, text));
+        crls.push(
+            Crl::from_pem(&text, &path.display().to_string())
+                .map_err(|e| ConfigError::new("LEGACY_CRL_FILES", e.to_string()))?,
+        );
     }
-    let mut legacy = Vec::new();
+    let mut cas = Vec::new();
     for path in file_list(ca_files) {
-        let label = path.display().to_string();
         let text = read("LEGACY_CA_FILES", &path)?;
-        for certificate in Certificate::chain_from_pem(&text, &label)
-            .map_err(|e| ConfigError::new("LEGACY_CA_FILES", e.to_string()))?
-        {
-            certificate
-                .check_is_ca()
-                .map_err(|e| ConfigError::new("LEGACY_CA_FILES", e.to_string()))?;
-            let Some((_, crl_pem)) = crls
-                .iter()
-                .find(|(crl, _)| crl.verify_signed_by(&certificate).is_ok())
-            else {
-                return Err(ConfigError::new(
-                    "LEGACY_CRL_FILES",
-                    format!(
-                        "no CRL signed by legacy CA '{}' ({label}); HAProxy with crl-file refuses every client \
-                         when a CA of its ca-file has no CRL, so this bundle would lock everyone out",
-                        certificate.info().subject
-                    ),
-                ));
-            };
-            legacy.push(LegacyCa {
-                certificate,
-                crl_pem: crl_pem.clone(),
-            });
-        }
+        cas.extend(
+            Certificate::chain_from_pem(&text, &path.display().to_string())
+                .map_err(|e| ConfigError::new("LEGACY_CA_FILES", e.to_string()))?,
+        );
     }
-    Ok(legacy)
+    if cas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let crl_set = CrlSet {
+        crls: &crls,
+        label: "the legacy CRL files",
+    };
+    let bundle =
+        check_client_trust(cas, Some(crl_set), OffsetDateTime::now_utc()).map_err(|e| {
+            let variable = match e {
+                PkiError::MissingCrl { .. } | PkiError::CrlExpired { .. } => "LEGACY_CRL_FILES",
+                _ => "LEGACY_CA_FILES",
+            };
+            ConfigError::new(variable, e.to_string())
+        })?;
+    Ok(bundle.cas().to_vec())
 }

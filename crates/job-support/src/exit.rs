@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use crate::config::ConfigError;
 use crate::store::StoreError;
+use crate::vars::ConfigError;
 
 /// Why a job failed, as an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,22 @@ EXIT CODES:
             }
         }
         Self::Other
+    }
+}
+
+// Here rather than beside `StoreError`, so that the store does not depend on the exit codes.
+impl StoreError {
+    /// The exit code class of this failure.
+    #[must_use]
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Unavailable { .. } => Failure::Unreachable,
+            Self::Denied { login: true, .. } => Failure::Auth,
+            Self::Denied { login: false, .. } => Failure::Denied,
+            Self::Malformed { .. } | Self::Deleted { .. } => Failure::InvalidState,
+            Self::Misconfigured { .. } => Failure::Config,
+            Self::Refused { .. } => Failure::Other,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod any_store;
 pub mod cli;
 pub mod config;
 pub mod exit;
@@ -13,7 +14,12 @@ pub mod metrics;
 pub mod plan;
 pub mod retry;
 pub mod store;
+pub mod store_config;
+pub mod vars;
+pub mod yaml;
 
-pub use config::{AnyStore, ConfigError, StoreConfig, StoreLocation};
+pub use any_store::AnyStore;
 pub use exit::{Failure, InvalidState};
 pub use store::{EntryVersion, KvEntry, SecretData, SecretStore, StoreError, WriteOutcome};
+pub use store_config::{DEFAULT_KV_MOUNT, StoreConfig, StoreLocation};
+pub use vars::ConfigError;

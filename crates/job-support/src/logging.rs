@@ -40,3 +40,29 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         builder.try_init()
     };
 }
+
+/// A configured key algorithm that differs from the one of a key already stored: the stored
+/// key is kept (a CA key is replaced only through an explicit step), and the operator is told
+/// which variable says what, rather than the setting being silently ignored. Returns whether
+/// they differ.
+pub fn report_kept_key_algorithm(
+    variable: &'static str,
+    configured: pki_core::KeyAlgorithm,
+    stored: &pki_core::SigningKey,
+    path: &str,
+) -> bool {
+    match stored.algorithm() {
+        Some(stored) if stored != configured => {
+            tracing::warn!(
+                variable,
+                configured = %configured,
+                stored = %stored,
+                path,
+                "{variable} is {configured} but the key stored at '{path}' is {stored}; the stored \
+                 key is kept, and {configured} applies only to keys generated from now on"
+            );
+            true
+        }
+        _ => false,
+    }
+}

@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-use crate::config::{ConfigError, non_blank, raw_from_vars};
+use crate::vars::{ConfigError, non_blank, raw_from_vars};
 
 /// The HTTP client of the pushes, built once per process and kind. reqwest's default
 /// verifier (rustls-platform-verifier) loads the whole system certificate store when the
@@ -246,13 +246,7 @@ pub fn label(name: &str, value: impl Into<String>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::vars::test_vars as vars;
 
     #[test]
     fn gauges_encode_with_labels_and_help() {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use job_support::config::{ConfigError, StoreConfig, parse_number, raw_from_vars};
+use job_support::config::{ConfigError, StoreConfig, dns_label, parse_number, raw_from_vars};
 use job_support::metrics::Pushgateway;
 use serde::Deserialize;
 
@@ -95,11 +95,7 @@ impl Config {
             })?
         } else {
             let cluster = raw.sync_cluster.as_deref().unwrap_or("nas");
-            if cluster.is_empty()
-                || !cluster
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
+            if !dns_label(cluster) {
                 return Err(ConfigError::new(
                     "SYNC_CLUSTER",
                     format!("'{cluster}' is not a cluster name"),

@@ -205,7 +205,7 @@ struct RawSecret {
 /// Parses and validates a mappings file; `Err` lists every problem.
 pub fn parse_mappings(yaml: &str) -> Result<Vec<Mapping>, Vec<String>> {
     let raw: RawFile =
-        serde_norway::from_str(yaml).map_err(|e| vec![format!("not a mappings file: {e}")])?;
+        job_support::yaml::from_str(yaml).map_err(|e| vec![format!("not a mappings file: {e}")])?;
     let mut problems = Vec::new();
     let mut mappings: Vec<Mapping> = Vec::new();
     for (i, m) in raw.mappings.into_iter().enumerate() {
@@ -295,18 +295,10 @@ pub fn parse_mappings(yaml: &str) -> Result<Vec<Mapping>, Vec<String>> {
     }
 }
 
+/// A DNS subdomain name (RFC 1123, as Kubernetes names most objects): dot-separated labels,
+/// at most 253 characters.
 fn dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    s.len() <= 253 && s.split('.').all(job_support::config::dns_label)
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use pki_core::time::OffsetDateTime;
 use pki_core::time::format_description::well_known::Rfc3339;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{aead, agreement, digest, hkdf, hmac};
-use serde_norway::{Mapping, Value};
+use serde_json::{Map as Mapping, Value};
 use zeroize::Zeroizing;
 
 /// The keys whose values are encrypted: a Secret's data, as in Flux's SOPS guide.
@@ -152,7 +152,7 @@ pub fn seal(
     if recipients.is_empty() {
         bail!("no age recipient to encrypt for");
     }
-    let Value::Mapping(top) = doc else {
+    let Value::Object(top) = doc else {
         bail!("a manifest to encrypt must be a mapping");
     };
     if top.contains_key("sops") {
@@ -191,27 +191,34 @@ pub fn seal(
             "enc".into(),
             age_encrypt(&rng, recipient, data_key.as_ref())?.into(),
         );
-        age.push(Value::Mapping(entry));
+        age.push(Value::Object(entry));
     }
     let mut metadata = Mapping::new();
-    metadata.insert("age".into(), Value::Sequence(age));
+    metadata.insert("age".into(), Value::Array(age));
     metadata.insert("lastmodified".into(), last_modified.clone().into());
     metadata.insert("mac".into(), mac.into());
     metadata.insert("encrypted_regex".into(), ENCRYPTED_REGEX.into());
     metadata.insert("mac_only_encrypted".into(), true.into());
     metadata.insert("version".into(), SOPS_FORMAT_VERSION.into());
-    if let Value::Mapping(top) = &mut encrypted {
-        top.insert("sops".into(), Value::Mapping(metadata));
+    if let Value::Object(top) = &mut encrypted {
+        top.insert("sops".into(), Value::Object(metadata));
     }
-    let text = serde_norway::to_string(&encrypted)?;
+    let text = serde_saphyr::to_string(&encrypted)?;
     // A YAML 1.1 reader (PyYAML, go-yaml v2) takes an unquoted RFC 3339 time for a timestamp,
     // not the string sops authenticates the MAC with, so it is quoted, as sops writes it; a
     // YAML 1.2 emitter sees no reason to.
     let plain = format!("\n  lastmodified: {last_modified}\n");
+    let quoted = [
+        format!("\n  lastmodified: '{last_modified}'\n"),
+        format!("\n  lastmodified: \"{last_modified}\"\n"),
+    ];
+    if quoted.iter().any(|q| text.contains(q.as_str())) {
+        return Ok(text);
+    }
     if !text.contains(&plain) {
         bail!("the sops block was not written as expected");
     }
-    Ok(text.replacen(&plain, &format!("\n  lastmodified: '{last_modified}'\n"), 1))
+    Ok(text.replacen(&plain, &quoted[0], 1))
 }
 
 /// The age recipients a SOPS-encrypted manifest names, sorted, or `None` if it is not encrypted
@@ -222,7 +229,7 @@ pub fn sealed_for(doc: &Value) -> Option<Vec<String>> {
     sops.get("mac")?.as_str()?;
     let mut recipients: Vec<String> = sops
         .get("age")
-        .and_then(Value::as_sequence)
+        .and_then(Value::as_array)
         .map(|age| {
             age.iter()
                 .filter_map(|e| e.get("recipient").and_then(Value::as_str))
@@ -244,21 +251,18 @@ struct Sealer<'a> {
 impl Sealer<'_> {
     fn walk(&mut self, value: &Value, path: &mut Vec<String>) -> anyhow::Result<Value> {
         Ok(match value {
-            Value::Mapping(map) => {
+            Value::Object(map) => {
                 let mut out = Mapping::with_capacity(map.len());
-                for (k, v) in map {
-                    let Some(name) = k.as_str() else {
-                        bail!("a key under '{}' is not a string", path.join("."));
-                    };
-                    path.push(name.to_owned());
+                for (name, v) in map {
+                    path.push(name.clone());
                     let sealed = self.walk(v, path)?;
                     path.pop();
-                    out.insert(k.clone(), sealed);
+                    out.insert(name.clone(), sealed);
                 }
-                Value::Mapping(out)
+                Value::Object(out)
             }
             // sops's walkSlice: list items keep their parent's path.
-            Value::Sequence(items) => Value::Sequence(
+            Value::Array(items) => Value::Array(
                 items
                     .iter()
                     .map(|item| self.walk(item, path))
@@ -451,7 +455,7 @@ mod tests {
 
     #[test]
     fn sealing_encrypts_only_data_and_names_its_recipients() {
-        let doc: Value = serde_norway::from_str(
+        let doc: Value = job_support::yaml::from_str::<Value>(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cacerts\n  labels:\n    data: x\n\
              data:\n  a.pem: UEVN\n  empty: ''\ntype: Opaque\n",
         )
@@ -459,10 +463,11 @@ mod tests {
         let recipients = parse_recipients(RECIPIENT).unwrap();
         let text = seal(&doc, &recipients, OffsetDateTime::UNIX_EPOCH).unwrap();
         assert!(
-            text.contains("\n  lastmodified: '1970-01-01T00:00:00Z'\n"),
+            text.contains("\n  lastmodified: '1970-01-01T00:00:00Z'\n")
+                || text.contains("\n  lastmodified: \"1970-01-01T00:00:00Z\"\n"),
             "{text}"
         );
-        let sealed: Value = serde_norway::from_str(&text).unwrap();
+        let sealed: Value = job_support::yaml::from_str::<Value>(&text).unwrap();
         let a = sealed["data"]["a.pem"].as_str().unwrap();
         assert!(
             a.starts_with("ENC[AES256_GCM,data:") && a.ends_with(",type:str]"),
@@ -483,9 +488,10 @@ mod tests {
         let enc = sealed["sops"]["age"][0]["enc"].as_str().unwrap();
         assert!(enc.starts_with("-----BEGIN AGE ENCRYPTED FILE-----\n"));
         // Fresh data key and IVs each time.
-        let again: Value =
-            serde_norway::from_str(&seal(&doc, &recipients, OffsetDateTime::UNIX_EPOCH).unwrap())
-                .unwrap();
+        let again: Value = job_support::yaml::from_str::<Value>(
+            &seal(&doc, &recipients, OffsetDateTime::UNIX_EPOCH).unwrap(),
+        )
+        .unwrap();
         assert_ne!(again["data"]["a.pem"], sealed["data"]["a.pem"]);
         assert!(seal(&sealed, &recipients, OffsetDateTime::UNIX_EPOCH).is_err());
     }

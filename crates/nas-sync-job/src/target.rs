@@ -299,25 +299,25 @@ impl SecretTarget for ManifestTarget {
         };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let not_secret = |e: serde_norway::Error| {
-                    anyhow::anyhow!("{} is not a Secret manifest: {e}", file.display())
-                };
-                let mut doc: serde_norway::Value =
-                    serde_norway::from_str(&text).map_err(not_secret)?;
+                let not_secret =
+                    |e: String| anyhow::anyhow!("{} is not a Secret manifest: {e}", file.display());
+                let mut doc: serde_json::Value =
+                    job_support::yaml::from_str(&text).map_err(not_secret)?;
                 let sealed_to = sops::sealed_for(&doc);
                 if sealed_to.is_some() {
                     // Without the identity only the key names can be compared; the KV version
                     // annotation, in the clear, says whether the values changed.
-                    if let serde_norway::Value::Mapping(top) = &mut doc {
+                    if let serde_json::Value::Object(top) = &mut doc {
                         top.remove("sops");
-                        if let Some(serde_norway::Value::Mapping(data)) = top.get_mut("data") {
+                        if let Some(serde_json::Value::Object(data)) = top.get_mut("data") {
                             for value in data.values_mut() {
-                                *value = serde_norway::Value::String(String::new());
+                                *value = serde_json::Value::String(String::new());
                             }
                         }
                     }
                 }
-                let secret: Secret = serde_norway::from_value(doc).map_err(not_secret)?;
+                let secret: Secret =
+                    serde_json::from_value(doc).map_err(|e| not_secret(e.to_string()))?;
                 Ok(Some(SecretState {
                     sealed_to,
                     ..SecretState::from_secret(secret)
@@ -351,11 +351,11 @@ impl SecretTarget for ManifestTarget {
         }
         let secret = desired.to_secret(namespace, name);
         let manifest = if self.sealing(desired).is_some() {
-            let doc = serde_norway::to_value(&secret)?;
+            let doc = serde_json::to_value(&secret)?;
             sops::seal(&doc, &self.recipients, OffsetDateTime::now_utc())
                 .with_context(|| format!("failed to encrypt {namespace}/{name} with SOPS"))?
         } else {
-            serde_norway::to_string(&secret)?
+            serde_saphyr::to_string(&secret)?
         };
         let Some(file) = self.file(namespace, name) else {
             print!("---\n{manifest}");

@@ -1,14 +1,14 @@
 //! Refuses a bundle that would break its consumer, before it reaches a Secret: istiod with a
-//! bad `cacerts` does not start; HAProxy checks a CRL for every CA of its `ca-file` once it has
-//! a `crl-file`, so a CA without a CRL, or with one past its nextUpdate, locks out all of that
-//! CA's clients (during a migration, both CAs need a current CRL). What is checked is what the
+//! bad `cacerts` does not start; a client CA bundle must pass the client trust policy
+//! ([`pki_core::check_client_trust`]: with a `crl-file`, a CA without a current CRL of its own
+//! locks out all of that CA's clients; during a migration, both CAs need one). What is checked is what the
 //! consumer reads, under the Secret keys it reads them from.
 
 use std::collections::BTreeMap;
 
 use pki_core::istio::{IstioBundleFiles, verify_istio_bundle};
 use pki_core::time::OffsetDateTime;
-use pki_core::{Certificate, Crl, fingerprint_sha256};
+use pki_core::{Certificate, Crl, CrlSet, check_client_trust, fingerprint_sha256};
 
 use crate::mapping::BundleKind;
 
@@ -40,31 +40,15 @@ pub fn verify_bundle(
             let cas =
                 Certificate::chain_from_pem(get(ca_key)?, ca_key).map_err(|e| e.to_string())?;
             let crls = match consumer.crl_key() {
-                Some(crl_key) => {
-                    Some(Crl::bundle_from_pem(get(crl_key)?, crl_key).map_err(|e| e.to_string())?)
-                }
+                Some(crl_key) => Some((
+                    Crl::bundle_from_pem(get(crl_key)?, crl_key).map_err(|e| e.to_string())?,
+                    crl_key,
+                )),
                 None => None,
             };
-            for ca in &cas {
-                ca.check_is_ca().map_err(|e| e.to_string())?;
-                ca.check_validity_at(now).map_err(|e| e.to_string())?;
-                let (Some(crls), Some(crl_key)) = (&crls, consumer.crl_key()) else {
-                    continue;
-                };
-                let Some(crl) = crls.iter().find(|crl| crl.verify_signed_by(ca).is_ok()) else {
-                    return Err(format!(
-                        "{crl_key} has no CRL signed by '{}'; HAProxy would refuse every client",
-                        ca.info().subject
-                    ));
-                };
-                if crl.info().next_update.is_some_and(|next| next < now) {
-                    return Err(format!(
-                        "the CRL of '{}' passed its nextUpdate; HAProxy would refuse every client",
-                        ca.info().subject
-                    ));
-                }
-            }
-            Ok(cas[0].info().fingerprint_sha256.clone())
+            let crl_set = crls.as_ref().map(|(crls, label)| CrlSet { crls, label });
+            let bundle = check_client_trust(cas, crl_set, now).map_err(|e| e.to_string())?;
+            Ok(bundle.fingerprint_sha256().to_owned())
         }
         BundleKind::Opaque => {
             let joined: Vec<u8> = data
@@ -147,13 +131,18 @@ mod tests {
         // A migration bundle whose old CA has no CRL locks that CA's clients out.
         assert_eq!(
             verify_bundle(ingress, &data(&[("ca.crt", &both), ("ca.crl", &new_crl)]), now),
-            Err("ca.crl has no CRL signed by 'O=Test, CN=Old CA'; HAProxy would refuse every client".to_owned())
+            Err("ca.crl: no CRL signed by 'O=Test, CN=Old CA'; HAProxy with a crl-file would refuse every client of that CA".to_owned())
         );
         let files = BundleKind::ClientCa(ClientCaConsumer::Haproxy);
         let stale = crl(&new, now, Duration::hours(-1));
-        assert_eq!(
-            verify_bundle(files, &data(&[("ca.crt", &ca), ("crl.pem", &stale)]), now),
-            Err("the CRL of 'O=Test, CN=New CA' passed its nextUpdate; HAProxy would refuse every client".to_owned())
+        // The time in the message is the CRL's nextUpdate, which the CRL keeps to the second.
+        let error =
+            verify_bundle(files, &data(&[("ca.crt", &ca), ("crl.pem", &stale)]), now).unwrap_err();
+        assert!(
+            error.starts_with("the CRL of 'O=Test, CN=New CA' passed its nextUpdate (")
+                && error
+                    .ends_with("); HAProxy with a crl-file would refuse every client of that CA"),
+            "{error}"
         );
         // haproxytech reads no CRL: the CAs alone are checked.
         let tech = BundleKind::ClientCa(ClientCaConsumer::Haproxytech);

@@ -2,7 +2,7 @@
 //! `ca-key.pem`, or whatever label the caller gave) and what is wrong with it, so a job can
 //! print it as it is to an operator.
 
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 /// Everything that can go wrong while generating, parsing or verifying PKI material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +107,26 @@ pub enum PkiError {
         object: String,
         /// What the parser found wrong.
         reason: String,
+    },
+    /// A CA of a client trust bundle has no CRL of its own among the bundle's CRLs.
+    #[error(
+        "{crls}: no CRL signed by '{ca}'; HAProxy with a crl-file would refuse every client of that CA"
+    )]
+    MissingCrl {
+        /// What holds the CRLs.
+        crls: String,
+        /// The CA's subject.
+        ca: String,
+    },
+    /// The CRL of a CA of a client trust bundle is past its nextUpdate.
+    #[error(
+        "the CRL of '{ca}' passed its nextUpdate ({next_update}); HAProxy with a crl-file would refuse every client of that CA"
+    )]
+    CrlExpired {
+        /// The CA's subject.
+        ca: String,
+        /// When the CRL stopped being current.
+        next_update: OffsetDateTime,
     },
     /// A caller-supplied parameter is out of range or empty.
     #[error("invalid {name}: {reason}")]

@@ -91,7 +91,7 @@ impl SigningKey {
                     .map_err(|e| generation("private key", &e))?
             }
             KeyAlgorithm::Rsa4096 => {
-                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 4096)
+                let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 4096)
                     .map_err(|e| generation("RSA private key", &e))?;
                 let der = key
                     .to_pkcs8_der()

@@ -17,6 +17,7 @@ pub mod istio_rotation;
 mod key;
 mod pkcs12;
 mod renewal;
+mod trust;
 
 pub use ca::{
     BACKDATE, CaCredential, CaParams, SubjectName, generate_root_ca, issue_intermediate_ca,
@@ -36,6 +37,7 @@ pub use pkcs12::{
     read_pkcs12,
 };
 pub use renewal::{RenewalPolicy, renewal_due};
+pub use trust::{ClientTrustBundle, CrlSet, TrustedCa, check_client_trust, crl_signed_by};
 
 /// Re-exported so callers name times and durations with the same types.
 pub use time;

@@ -1,12 +1,13 @@
-//! The public bundle HAProxy trusts: the CA certificates and a CRL for each. Its revocation
-//! set only grows, and every write is check-and-set against the version it was built from.
+//! The public bundle HAProxy trusts: the CA certificates and a CRL for each, checked by the
+//! client trust policy of `pki-core` before it is written. Its revocation set only grows, and every write is check-and-set against the version it was built from.
 
 use std::collections::BTreeSet;
 
 use anyhow::Result;
 use job_support::{KvEntry, SecretData, SecretStore, WriteOutcome};
 use pki_core::{
-    CaCredential, Certificate, Crl, CrlParams, RevokedCertificate, merge_revocations, sign_crl,
+    CaCredential, Certificate, Crl, CrlParams, CrlSet, PkiError, RevokedCertificate,
+    check_client_trust, crl_signed_by, merge_revocations, sign_crl,
 };
 use tracing::info;
 
@@ -64,8 +65,8 @@ impl<S: SecretStore> Issuer<'_, S> {
             let revoked = merge_revocations(&published, &known);
             let (crl_pem, crl_signed) = self.crl(ca, previous.as_ref(), &revoked)?;
             let crl = Crl::from_pem(&crl_pem, BUNDLE_CRL)?;
-            let mut ca_bundle = ca.certificate.to_pem();
-            let mut crl_bundle = crl_pem.clone();
+            let mut trusted = vec![ca.certificate.clone()];
+            let mut crls = vec![crl.clone()];
             if let Some(previous_ca) = &previous_ca {
                 // HAProxy with crl-file refuses every client of a CA in ca-file without a
                 // current CRL, so the previous CA's is re-signed whenever ours is.
@@ -77,15 +78,21 @@ impl<S: SecretStore> Issuer<'_, S> {
                 });
                 let previous_crl =
                     self.previous_ca_crl(previous_ca, stored_crl.as_ref(), crl_signed)?;
-                ca_bundle.push_str(&previous_ca.certificate.to_pem());
-                crl_bundle.push_str(previous_crl.trim_end());
-                crl_bundle.push('\n');
+                trusted.push(previous_ca.certificate.clone());
+                crls.push(Crl::from_pem(&previous_crl, BUNDLE_CRL)?);
             }
             for legacy in &self.pki.legacy {
-                ca_bundle.push_str(&legacy.certificate.to_pem());
-                crl_bundle.push_str(legacy.crl_pem.trim_end());
-                crl_bundle.push('\n');
+                trusted.push(legacy.certificate.clone());
+                crls.extend(legacy.crl.clone());
             }
+            // What HAProxy gets passes the same policy nas-sync-job checks before a Secret.
+            let crl_set = CrlSet {
+                crls: &crls,
+                label: BUNDLE_CRL,
+            };
+            let trust = check_client_trust(trusted, Some(crl_set), self.now)
+                .map_err(|e| self.invalid(path, e.to_string()))?;
+            let (ca_bundle, crl_bundle) = (trust.ca_pem(), trust.crl_pem());
             let next_update = crl.info().next_update.unwrap_or(self.now);
             let summary = |bundle_written| RunSummary {
                 ca_created,
@@ -217,14 +224,13 @@ impl<S: SecretStore> Issuer<'_, S> {
             .data
             .get(BUNDLE_CA)
             .is_some_and(|pem| pem.contains(ca.to_pem().trim()));
-        let own = crls
-            .into_iter()
-            .find(|crl| crl.verify_signed_by(ca).is_ok());
+        let own = crl_signed_by(&crls, ca).cloned();
         if own.is_none() && ours_trusted {
-            return Err(self.invalid(
-                &self.pki.ca_path,
-                format!("'{BUNDLE_CA}' trusts the client CA but '{BUNDLE_CRL}' holds no CRL signed by it"),
-            ));
+            let missing = PkiError::MissingCrl {
+                crls: format!("'{BUNDLE_CRL}'"),
+                ca: ca.info().subject.clone(),
+            };
+            return Err(self.invalid(&self.pki.ca_path, missing.to_string()));
         }
         Ok((entry.version, own))
     }
@@ -283,8 +289,6 @@ enum BundleState<'e> {
 
 /// The CRL in `pem_bundle` that `ca` signed, if any.
 pub(super) fn own_crl(pem_bundle: &str, ca: &Certificate) -> Option<Crl> {
-    Crl::bundle_from_pem(pem_bundle, BUNDLE_CRL)
-        .ok()?
-        .into_iter()
-        .find(|crl| crl.verify_signed_by(ca).is_ok())
+    let crls = Crl::bundle_from_pem(pem_bundle, BUNDLE_CRL).ok()?;
+    crl_signed_by(&crls, ca).cloned()
 }

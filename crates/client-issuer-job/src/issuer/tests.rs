@@ -316,7 +316,8 @@ fn a_bundle_that_trusts_the_ca_but_lacks_its_crl_is_invalid() {
 
     assert_eq!(
         invalid_state(&error),
-        "invalid state at 'secret/pki/ca': 'ca.crt' trusts the client CA but 'crl.pem' holds no CRL signed by it"
+        "invalid state at 'secret/pki/ca': 'crl.pem': no CRL signed by 'O=NAS, CN=Client CA'; \
+         HAProxy with a crl-file would refuse every client of that CA"
     );
     assert!(store.written().is_empty());
 }

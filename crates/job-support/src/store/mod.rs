@@ -7,8 +7,6 @@ use std::fmt;
 
 use zeroize::Zeroize;
 
-use crate::exit::Failure;
-
 pub mod local;
 pub mod plan;
 #[cfg(any(test, feature = "test-support"))]
@@ -186,21 +184,6 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
-}
-
-impl StoreError {
-    /// The exit code class of this failure.
-    #[must_use]
-    pub fn failure(&self) -> Failure {
-        match self {
-            Self::Unavailable { .. } => Failure::Unreachable,
-            Self::Denied { login: true, .. } => Failure::Auth,
-            Self::Denied { login: false, .. } => Failure::Denied,
-            Self::Malformed { .. } | Self::Deleted { .. } => Failure::InvalidState,
-            Self::Misconfigured { .. } => Failure::Config,
-            Self::Refused { .. } => Failure::Other,
-        }
-    }
 }
 
 /// KV v2 operations on one mount. Paths are relative to the mount (`istio/ca`).
