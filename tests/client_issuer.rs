@@ -488,6 +488,8 @@ fn the_one_off_issue_command_and_the_report() {
 fn a_reinstated_user_gets_a_new_certificate_and_the_old_one_stays_revoked() {
     let s = Setup::alice_and_bob_issued();
     let (old_p12, old_password) = s.fetch_p12("bob");
+    // A later fetch of bob writes the same file: keep the old bundle apart.
+    let old_p12 = s.dir.write("bob-old.p12", std::fs::read(old_p12).unwrap());
     let old_serial = s
         .bao
         .kv_field("pki/clients/bob", "serial")
