@@ -141,21 +141,26 @@ fn first_run_creates_and_later_runs_write_nothing() {
     );
 }
 
-#[test]
-fn concurrent_runs_make_exactly_one_root() {
-    let (bao, token) = server();
+/// Eight runs started together, each in its own directory, all waited for.
+fn eight_runs_at_once(bao: &OpenBao, token: &str) -> Vec<JobRun> {
     let dirs: Vec<Scratch> = (0..8).map(|_| Scratch::new()).collect();
     let children: Vec<_> = dirs
         .iter()
         .map(|d| {
             spawn_job(
                 JOB,
-                &[("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", &token)],
+                &[("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", token)],
                 d.path(),
             )
         })
         .collect();
-    let runs: Vec<JobRun> = children.into_iter().map(wait_job).collect();
+    children.into_iter().map(wait_job).collect()
+}
+
+#[test]
+fn concurrent_runs_make_exactly_one_root() {
+    let (bao, token) = server();
+    let runs = eight_runs_at_once(&bao, &token);
     let stored = bao.kv_field("istio/ca", "fingerprint");
     for run in &runs {
         assert_exit(run, 0);
@@ -182,24 +187,11 @@ fn jwt_server(dir: &Scratch) -> (OpenBao, TokenIssuer) {
     let issuer = TokenIssuer::new(dir);
     let key = dir.write("sa.pub.pem", &issuer.public_key_pem);
     bao.cli(&["auth", "enable", "jwt"]).ok();
-    bao.cli(&[
-        "write",
-        "auth/jwt/config",
-        &format!("jwt_validation_pubkeys=@{}", key.display()),
-        &format!("bound_issuer={}", issuer.issuer),
-    ])
-    .ok();
-    bao.cli(&[
-        "write",
-        "auth/jwt/role/istio-ca-bootstrap",
-        "role_type=jwt",
-        "user_claim=sub",
-        "bound_audiences=vault",
-        "bound_subject=system:serviceaccount:istio-system:istio-ca-bootstrap",
-        "token_policies=istio-ca",
-        "token_ttl=10m",
-    ])
-    .ok();
+    bao.bootstrap_jwt_auth(
+        &key,
+        &issuer.issuer,
+        &["token_policies=istio-ca", "token_ttl=10m"],
+    );
     (bao, issuer)
 }
 
@@ -286,15 +278,7 @@ fn kubernetes_login_through_token_review() {
     .certificate
     .to_pem();
     let api_ca = dir.write("api-ca.pem", api_ca);
-    bao.cli(&[
-        "write",
-        "auth/kubernetes-homelab/config",
-        &format!("kubernetes_host={}", api.url),
-        &format!("kubernetes_ca_cert=@{}", api_ca.display()),
-        &format!("token_reviewer_jwt=@{}", reviewer.display()),
-        "disable_local_ca_jwt=true",
-    ])
-    .ok();
+    bao.kubernetes_auth_config("kubernetes-homelab", &api.url, &api_ca, Some(&reviewer));
     bao.cli(&[
         "write",
         "auth/kubernetes-homelab/role/istio-ca-bootstrap",
@@ -418,6 +402,33 @@ fn assert_next_run_finishes_with_the_same_root(bao: &OpenBao, token: &str, finge
     );
 }
 
+/// A run through a proxy that cuts the connection to Vault after six requests, with
+/// `attempts` as `VAULT_MAX_ATTEMPTS`: it fails with exit 4, cannot reach Vault to write
+/// `secret/<write>`.
+#[track_caller]
+fn run_cut_after_six_requests(bao: &OpenBao, token: &str, attempts: &str, write: &str) -> JobRun {
+    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 6);
+    let dir = Scratch::new();
+    let cut = run_job(
+        JOB,
+        &[
+            ("VAULT_ADDR", proxy.addr.as_str()),
+            ("VAULT_TOKEN", token),
+            ("VAULT_MAX_ATTEMPTS", attempts),
+        ],
+        dir.path(),
+    );
+    assert_exit(&cut, 4);
+    assert!(
+        cut.error().starts_with(&format!(
+            "write 'secret/{write}' failed: cannot reach Vault: "
+        )),
+        "{}",
+        cut.error()
+    );
+    cut
+}
+
 /// Vault goes away right after the root is written (request 6 of the run: three reads, the
 /// check that the empty mount is KV v2, the rotation record's look-up, then the root's
 /// create-only write). The run retries, gives up with exit 4; the next run against a healthy
@@ -425,24 +436,7 @@ fn assert_next_run_finishes_with_the_same_root(bao: &OpenBao, token: &str, finge
 #[test]
 fn vault_stopped_in_the_middle_of_a_run() {
     let (bao, token) = server();
-    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 6);
-    let dir = Scratch::new();
-    let cut = run_job(
-        JOB,
-        &[
-            ("VAULT_ADDR", proxy.addr.as_str()),
-            ("VAULT_TOKEN", &token),
-            ("VAULT_MAX_ATTEMPTS", "3"),
-        ],
-        dir.path(),
-    );
-    assert_exit(&cut, 4);
-    assert!(
-        cut.error()
-            .starts_with("write 'secret/istio/clusters/homelab' failed: cannot reach Vault: "),
-        "{}",
-        cut.error()
-    );
+    let cut = run_cut_after_six_requests(&bao, &token, "3", "istio/clusters/homelab");
     assert!(
         cut.error().ends_with("(after 3 attempts)"),
         "{}",
@@ -838,24 +832,7 @@ fn a_half_written_adoption_is_finished_by_the_next_run() {
     let (bao, token) = server();
     let fingerprint = previous_scripts_root(&bao);
     let root_fields = kv_fields(&bao, "istio/ca");
-    let proxy = CutProxy::start(bao.addr.trim_start_matches("http://"), 6);
-    let dir = Scratch::new();
-    let cut = run_job(
-        JOB,
-        &[
-            ("VAULT_ADDR", proxy.addr.as_str()),
-            ("VAULT_TOKEN", &token),
-            ("VAULT_MAX_ATTEMPTS", "2"),
-        ],
-        dir.path(),
-    );
-    assert_exit(&cut, 4);
-    assert!(
-        cut.error()
-            .starts_with("write 'secret/istio/clusters/nas' failed: cannot reach Vault: "),
-        "{}",
-        cut.error()
-    );
+    run_cut_after_six_requests(&bao, &token, "2", "istio/clusters/nas");
     assert_eq!(versions(&bao), [1, 1, 0]);
     let homelab = bao.kv_field("istio/clusters/homelab", "ca-cert.pem");
 
@@ -882,18 +859,7 @@ fn eight_runs_adopting_at_once_issue_one_intermediate_per_cluster() {
     let (bao, token) = server();
     let fingerprint = previous_scripts_root(&bao);
     let root_fields = kv_fields(&bao, "istio/ca");
-    let dirs: Vec<Scratch> = (0..8).map(|_| Scratch::new()).collect();
-    let children: Vec<_> = dirs
-        .iter()
-        .map(|d| {
-            spawn_job(
-                JOB,
-                &[("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", &token)],
-                d.path(),
-            )
-        })
-        .collect();
-    let runs: Vec<JobRun> = children.into_iter().map(wait_job).collect();
+    let runs = eight_runs_at_once(&bao, &token);
     for run in &runs {
         assert_exit(run, 0);
         assert_eq!(

@@ -5,52 +5,68 @@
 use std::path::PathBuf;
 
 use pki_core::time::{Duration, OffsetDateTime};
-use pki_core::{CaParams, CrlParams, KeyAlgorithm, SubjectName, generate_root_ca, sign_crl};
+use pki_core::{CaParams, KeyAlgorithm, SubjectName, generate_root_ca};
 
-use crate::support::haproxy::{HaProxy, P12_PASSWORD, p12_for};
+use crate::support::haproxy::{HaProxy, P12_PASSWORD, legacy_client_ca, legacy_crl, p12_for};
 use crate::support::jobs::{
     JobRun, field_pairs, run_job, spawn_job, spawn_job_with_args, wait_job,
 };
 use crate::support::openbao::{OpenBao, free_port};
-use crate::support::tools::{Scratch, keytool, openssl, run};
+use crate::support::tools::{Scratch, keytool_listing, openssl, run};
 
 const JOB: &str = "client-issuer-job";
 
 struct Setup {
     bao: OpenBao,
     dir: Scratch,
+    clients_file: PathBuf,
 }
 
 impl Setup {
     fn new() -> Self {
+        let dir = Scratch::new();
+        let clients_file = dir.path().join("clients.yaml");
         Self {
             bao: OpenBao::start(),
-            dir: Scratch::new(),
+            dir,
+            clients_file,
         }
+    }
+
+    /// A store where a first run issued [`ALICE_BOB`].
+    #[track_caller]
+    fn alice_and_bob_issued() -> Self {
+        let s = Self::new();
+        s.clients(ALICE_BOB);
+        assert_exit(&s.run(&[]), 0);
+        s
     }
 
     fn clients(&self, yaml: &str) -> PathBuf {
         self.dir.write("clients.yaml", yaml)
     }
 
-    /// The job with arguments (`report`, `repair alice`), on the same store and file.
-    fn run_args(&self, args: &[&str]) -> JobRun {
-        let clients = self.dir.path().join("clients.yaml");
-        let vars = [
+    /// The variables of a run on this store and clients file.
+    fn vars(&self) -> Vec<(&str, &str)> {
+        vec![
             ("VAULT_ADDR", self.bao.addr.as_str()),
             ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
-            ("CLIENTS_FILE", clients.to_str().unwrap()),
-        ];
-        wait_job(spawn_job_with_args(JOB, args, &vars, self.dir.path()))
+            ("CLIENTS_FILE", self.clients_file.to_str().unwrap()),
+        ]
+    }
+
+    /// The job with arguments (`report`, `repair alice`), on the same store and file.
+    fn run_args(&self, args: &[&str]) -> JobRun {
+        wait_job(spawn_job_with_args(
+            JOB,
+            args,
+            &self.vars(),
+            self.dir.path(),
+        ))
     }
 
     fn run(&self, extra: &[(&str, &str)]) -> JobRun {
-        let clients = self.dir.path().join("clients.yaml");
-        let mut vars = vec![
-            ("VAULT_ADDR", self.bao.addr.as_str()),
-            ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
-            ("CLIENTS_FILE", clients.to_str().unwrap()),
-        ];
+        let mut vars = self.vars();
         vars.extend_from_slice(extra);
         run_job(JOB, &vars, self.dir.path())
     }
@@ -68,11 +84,36 @@ impl Setup {
         (self.bao.dir.path().join(format!("{name}.p12")), password)
     }
 
+    /// [`Self::fetch_p12`], then `openssl pkcs12` opens the bundle with its password: the
+    /// user's download works.
+    fn fetch_p12_and_open_it(&self, name: &str) {
+        let (p12, password) = self.fetch_p12(name);
+        openssl(
+            &[
+                "pkcs12",
+                "-in",
+                p12.to_str().unwrap(),
+                "-passin",
+                &format!("pass:{password}"),
+                "-nokeys",
+            ],
+            self.dir.path(),
+        )
+        .ok();
+    }
+
     fn haproxy(&self) -> HaProxy {
         HaProxy::start(
             &self.bao.kv_field("pki/ca", "ca.crt"),
             &self.bao.kv_field("pki/ca", "crl.pem"),
         )
+    }
+
+    /// A request through `haproxy` presenting the bundle of `name`, fetched as
+    /// [`Self::fetch_p12`] does.
+    fn get_as(&self, haproxy: &HaProxy, name: &str) -> Option<(u16, String)> {
+        let (p12, password) = self.fetch_p12(name);
+        haproxy.get_with_p12(Some((&p12, &password)))
     }
 
     fn versions(&self, paths: &[&str]) -> Vec<u64> {
@@ -85,13 +126,14 @@ fn assert_exit(run: &JobRun, code: i32) {
     assert_eq!(run.code, code, "exit code; stderr:\n{}", run.stderr);
 }
 
+/// The entries a refused run must leave as they were.
+const ISSUER_CA_ALICE: [&str; 3] = ["pki/issuer", "pki/ca", "pki/clients/alice"];
+
 const ALICE_BOB: &str = "clients:\n  - name: alice\n    email: alice@example.org\n  - name: bob\n    email: bob@example.org\n";
 
 #[test]
 fn users_get_through_haproxy_and_the_revoked_do_not() {
-    let s = Setup::new();
-    s.clients(ALICE_BOB);
-    assert_exit(&s.run(&[]), 0);
+    let s = Setup::alice_and_bob_issued();
     let (bob_p12, bob_password) = s.fetch_p12("bob");
     s.clients("clients:\n  - name: alice\n    email: alice@example.org\n  - name: bob\n    email: bob@example.org\n    revoked: true\n    revocation_reason: key-compromise\n");
     let revoking = s.run(&[]);
@@ -103,10 +145,7 @@ fn users_get_through_haproxy_and_the_revoked_do_not() {
     );
 
     let haproxy = s.haproxy();
-    let (alice_p12, alice_password) = s.fetch_p12("alice");
-    let (code, body) = haproxy
-        .get_with_p12(Some((&alice_p12, &alice_password)))
-        .expect("alice refused");
+    let (code, body) = s.get_as(&haproxy, "alice").expect("alice refused");
     assert_eq!((code, body.as_str()), (200, "hello alice"));
 
     assert_eq!(
@@ -156,25 +195,8 @@ fn migration_trusts_the_legacy_ca_only_with_its_crl() {
     let s = Setup::new();
     s.clients(ALICE_BOB);
     let now = OffsetDateTime::now_utc();
-    let legacy = generate_root_ca(
-        &CaParams {
-            subject: SubjectName::new("Old", "Old Client CA"),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::days(365),
-        },
-        now - Duration::days(1),
-    )
-    .unwrap();
-    let legacy_crl = sign_crl(
-        &legacy,
-        &CrlParams {
-            this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(30),
-            crl_number: 1,
-            revoked: vec![],
-        },
-    )
-    .unwrap();
+    let legacy = legacy_client_ca(now);
+    let legacy_crl = legacy_crl(&legacy, now, 1, vec![]);
     let ca_file = s.dir.write("legacy-ca.pem", legacy.certificate.to_pem());
     let crl_file = s.dir.write("legacy-crl.pem", &legacy_crl);
 
@@ -188,7 +210,7 @@ fn migration_trusts_the_legacy_ca_only_with_its_crl() {
         refused.error()
     );
     assert_eq!(
-        s.versions(&["pki/issuer", "pki/ca", "pki/clients/alice"]),
+        s.versions(&ISSUER_CA_ALICE),
         [0, 0, 0],
         "a refused configuration wrote"
     );
@@ -199,13 +221,7 @@ fn migration_trusts_the_legacy_ca_only_with_its_crl() {
     ]);
     assert_exit(&ok, 0);
     let haproxy = s.haproxy();
-    let (alice_p12, alice_password) = s.fetch_p12("alice");
-    assert_eq!(
-        haproxy
-            .get_with_p12(Some((&alice_p12, &alice_password)))
-            .map(|r| r.0),
-        Some(200)
-    );
+    assert_eq!(s.get_as(&haproxy, "alice").map(|r| r.0), Some(200));
     let old_user = s.dir.write("olduser.p12", p12_for(&legacy, "olduser"));
     let (code, body) = haproxy
         .get_with_p12(Some((&old_user, P12_PASSWORD)))
@@ -239,21 +255,7 @@ fn the_legacy_profile_opens_with_openssl_legacy_and_keytool() {
         info.contains("MAC: sha1") && info.contains("pbeWithSHA1And3-KeyTripleDES-CBC"),
         "{info}"
     );
-    let listing = keytool(
-        &[
-            "-list",
-            "-v",
-            "-storetype",
-            "PKCS12",
-            "-keystore",
-            p12.to_str().unwrap(),
-            "-storepass",
-            &password,
-        ],
-        s.dir.path(),
-    )
-    .ok()
-    .stdout;
+    let listing = keytool_listing(p12.to_str().unwrap(), &password, s.dir.path());
     assert!(
         listing.contains("Alias name: carol") && listing.contains("Entry type: PrivateKeyEntry"),
         "{listing}"
@@ -293,18 +295,9 @@ fn metrics_reach_a_real_pushgateway() {
     assert_exit(&s.run(&[("PUSHGATEWAY_URL", &url)]), 2);
     let failed = metrics().ok().stdout;
     // `report` has no run to report and pushes nothing.
-    let clients = s.dir.path().join("clients.yaml");
-    let report = crate::support::jobs::wait_job(crate::support::jobs::spawn_job_with_args(
-        JOB,
-        &["report"],
-        &[
-            ("VAULT_ADDR", s.bao.addr.as_str()),
-            ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
-            ("CLIENTS_FILE", clients.to_str().unwrap()),
-            ("PUSHGATEWAY_URL", &url),
-        ],
-        s.dir.path(),
-    ));
+    let mut vars = s.vars();
+    vars.push(("PUSHGATEWAY_URL", &url));
+    let report = wait_job(spawn_job_with_args(JOB, &["report"], &vars, s.dir.path()));
     assert_exit(&report, 0);
     let after_report = metrics().ok().stdout;
     let _ = gateway.kill();
@@ -396,31 +389,17 @@ fn an_invalid_issuer_entry_is_never_overwritten() {
         refused.error(),
         "invalid state at 'secret/pki/issuer': ca.crt holds no CERTIFICATE"
     );
-    assert_eq!(
-        s.versions(&["pki/issuer", "pki/ca", "pki/clients/alice"]),
-        [1, 0, 0]
-    );
+    assert_eq!(s.versions(&ISSUER_CA_ALICE), [1, 0, 0]);
 }
 
 #[test]
 fn concurrent_runs_issue_one_certificate_per_client() {
     let s = Setup::new();
     s.clients(ALICE_BOB);
-    let clients = s.dir.path().join("clients.yaml");
     let dirs: Vec<Scratch> = (0..4).map(|_| Scratch::new()).collect();
     let children: Vec<_> = dirs
         .iter()
-        .map(|d| {
-            spawn_job(
-                JOB,
-                &[
-                    ("VAULT_ADDR", s.bao.addr.as_str()),
-                    ("VAULT_TOKEN", crate::support::openbao::ROOT_TOKEN),
-                    ("CLIENTS_FILE", clients.to_str().unwrap()),
-                ],
-                d.path(),
-            )
-        })
+        .map(|d| spawn_job(JOB, &s.vars(), d.path()))
         .collect();
     for child in children {
         assert_exit(&wait_job(child), 0);
@@ -441,17 +420,12 @@ fn an_invalid_clients_file_writes_nothing() {
     assert!(error.ends_with(
         "is invalid; nothing was written:\n  client 2 ('Bob/../x'): name must be lowercase letters, digits and '-', at most 63 characters, not starting or ending with '-'\n  client 2 ('Bob/../x'): email 'bob' is not an address of the form user@domain.tld\n  client 3 ('alice'): name is declared twice"
     ), "{error}");
-    assert_eq!(
-        s.versions(&["pki/issuer", "pki/ca", "pki/clients/alice"]),
-        [0, 0, 0]
-    );
+    assert_eq!(s.versions(&ISSUER_CA_ALICE), [0, 0, 0]);
 }
 
 #[test]
 fn the_one_off_issue_command_and_the_report() {
-    let s = Setup::new();
-    s.clients(ALICE_BOB);
-    assert_exit(&s.run(&[]), 0);
+    let s = Setup::alice_and_bob_issued();
     let dir = Scratch::new();
     let vars = [
         ("VAULT_ADDR", s.bao.addr.as_str()),
@@ -512,10 +486,10 @@ fn the_one_off_issue_command_and_the_report() {
 
 #[test]
 fn a_reinstated_user_gets_a_new_certificate_and_the_old_one_stays_revoked() {
-    let s = Setup::new();
-    s.clients(ALICE_BOB);
-    assert_exit(&s.run(&[]), 0);
+    let s = Setup::alice_and_bob_issued();
     let (old_p12, old_password) = s.fetch_p12("bob");
+    // A later fetch of bob writes the same file: keep the old bundle apart.
+    let old_p12 = s.dir.write("bob-old.p12", std::fs::read(old_p12).unwrap());
     let old_serial = s
         .bao
         .kv_field("pki/clients/bob", "serial")
@@ -540,13 +514,7 @@ fn a_reinstated_user_gets_a_new_certificate_and_the_old_one_stays_revoked() {
     assert_eq!(s.bao.kv_field("pki/clients/bob", "status").trim(), "active");
 
     let haproxy = s.haproxy();
-    let (new_p12, new_password) = s.fetch_p12("bob");
-    assert_eq!(
-        haproxy
-            .get_with_p12(Some((&new_p12, &new_password)))
-            .map(|r| r.0),
-        Some(200)
-    );
+    assert_eq!(s.get_as(&haproxy, "bob").map(|r| r.0), Some(200));
     assert_eq!(
         haproxy.get_with_p12(Some((&old_p12, &old_password))),
         None,
@@ -759,19 +727,7 @@ fn previous_scripts_users_are_listed_kept_and_migrated_once_declared() {
         "{line}"
     );
     // The migrated user downloads a working bundle as the seed says; the old certificate is kept.
-    let (p12, password) = s.fetch_p12("migrant");
-    openssl(
-        &[
-            "pkcs12",
-            "-in",
-            p12.to_str().unwrap(),
-            "-passin",
-            &format!("pass:{password}"),
-            "-nokeys",
-        ],
-        s.dir.path(),
-    )
-    .ok();
+    s.fetch_p12_and_open_it("migrant");
     assert!(
         s.bao
             .kv_field("pki/clients/migrant", "previous_cert")
@@ -788,9 +744,7 @@ fn previous_scripts_users_are_listed_kept_and_migrated_once_declared() {
 
 #[test]
 fn an_unusable_entry_is_named_left_alone_and_repaired_on_request() {
-    let s = Setup::new();
-    s.clients(ALICE_BOB);
-    assert_exit(&s.run(&[]), 0);
+    let s = Setup::alice_and_bob_issued();
     // A hand edit breaks alice's bundle: the password no longer opens it.
     s.bao
         .cli(&[
@@ -841,19 +795,7 @@ fn an_unusable_entry_is_named_left_alone_and_repaired_on_request() {
         s.versions(&["pki/clients/alice", "pki/clients/stranger"]),
         [before[0] + 1, before[2]]
     );
-    let (p12, password) = s.fetch_p12("alice");
-    openssl(
-        &[
-            "pkcs12",
-            "-in",
-            p12.to_str().unwrap(),
-            "-passin",
-            &format!("pass:{password}"),
-            "-nokeys",
-        ],
-        s.dir.path(),
-    )
-    .ok();
+    s.fetch_p12_and_open_it("alice");
 }
 
 /// The previous scripts' CA at `pki/ca` (placeholder, then certificate and key, by their own
@@ -1006,9 +948,7 @@ fn the_previous_scripts_ca_as_issuer_signs_new_users() {
 
 #[test]
 fn plan_shows_issues_revocations_and_refusals_and_writes_nothing() {
-    let s = Setup::new();
-    s.clients(ALICE_BOB);
-    assert_exit(&s.run(&[]), 0);
+    let s = Setup::alice_and_bob_issued();
     let paths = [
         "pki/issuer",
         "pki/ca",

@@ -12,14 +12,13 @@ use std::fmt::Write as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use pki_core::time::{Duration, OffsetDateTime};
-use pki_core::{
-    CaParams, CrlParams, KeyAlgorithm, RevocationReason, RevokedCertificate, SubjectName,
-    generate_root_ca, sign_crl,
-};
+use pki_core::{RevocationReason, RevokedCertificate};
 use serde_json::Value;
 
 use crate::support::flux::render_with_components;
-use crate::support::haproxy::{HaProxy, P12_PASSWORD, client_credential, p12_for, p12_of};
+use crate::support::haproxy::{
+    HaProxy, P12_PASSWORD, client_credential, legacy_client_ca, legacy_crl, p12_for, p12_of,
+};
 use crate::support::jobs::{JobRun, run_job};
 use crate::support::kube_api::FakeApiServer;
 use crate::support::openbao::{OpenBao, ROOT_TOKEN, workspace_root};
@@ -54,30 +53,18 @@ impl Migration {
         let bao = OpenBao::start();
         let dir = Scratch::new();
         let now = OffsetDateTime::now_utc();
-        let legacy = generate_root_ca(
-            &CaParams {
-                subject: SubjectName::new("Old", "Old Client CA"),
-                key_algorithm: KeyAlgorithm::EcdsaP256,
-                validity: Duration::days(365),
-            },
-            now - Duration::days(1),
-        )
-        .unwrap();
+        let legacy = legacy_client_ca(now);
         let oldgone = client_credential(&legacy, "oldgone");
-        let legacy_crl = sign_crl(
+        let legacy_crl = legacy_crl(
             &legacy,
-            &CrlParams {
-                this_update: now - Duration::hours(1),
-                next_update: now + Duration::days(30),
-                crl_number: 7,
-                revoked: vec![RevokedCertificate {
-                    serial: oldgone.certificate.raw_serial(),
-                    revoked_at: now - Duration::hours(1),
-                    reason: RevocationReason::KeyCompromise,
-                }],
-            },
-        )
-        .unwrap();
+            now,
+            7,
+            vec![RevokedCertificate {
+                serial: oldgone.certificate.raw_serial(),
+                revoked_at: now - Duration::hours(1),
+                reason: RevocationReason::KeyCompromise,
+            }],
+        );
         dir.write("legacy-ca.pem", legacy.certificate.to_pem());
         dir.write("legacy-crl.pem", &legacy_crl);
         dir.write("olduser.p12", p12_for(&legacy, "olduser"));

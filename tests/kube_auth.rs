@@ -350,15 +350,7 @@ fn vault_is_refused_as_a_real_api_server_refuses_it() {
     // Without a reviewer, OpenBao sends the login JWT as the bearer: its audience is Vault's,
     // not the API server's, so the request is unauthenticated (vault-plugin-auth-kubernetes#73).
     let ca = c.dir.path().join("api-ca.pem");
-    vault
-        .cli(&[
-            "write",
-            "auth/kubernetes/config",
-            &format!("kubernetes_host={}", homelab.url),
-            &format!("kubernetes_ca_cert=@{}", ca.display()),
-            "disable_local_ca_jwt=true",
-        ])
-        .ok();
+    vault.kubernetes_auth_config("kubernetes", &homelab.url, &ca, None);
     c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt)
         .failed();
     assert_eq!(homelab.token_review_codes(), [201, 401]);
@@ -372,16 +364,7 @@ fn vault_is_refused_as_a_real_api_server_refuses_it() {
 
     // With the reviewer again, but its ClusterRoleBinding gone: authenticated, not authorized.
     let reviewer = c.dir.path().join("homelab-reviewer.jwt");
-    vault
-        .cli(&[
-            "write",
-            "auth/kubernetes/config",
-            &format!("kubernetes_host={}", homelab.url),
-            &format!("kubernetes_ca_cert=@{}", ca.display()),
-            &format!("token_reviewer_jwt=@{}", reviewer.display()),
-            "disable_local_ca_jwt=true",
-        ])
-        .ok();
+    vault.kubernetes_auth_config("kubernetes", &homelab.url, &ca, Some(&reviewer));
     homelab.remove_bindings_of("system:auth-delegator");
     c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt)
         .failed();
@@ -435,25 +418,11 @@ fn wrong_audiences_and_deleted_accounts_are_refused() {
     let vault = &c.vaults["homelab"];
     let keys = c.dir.write("homelab.pub", homelab.public_key_pem());
     vault.cli(&["auth", "enable", "-path=jwt", "jwt"]).ok();
-    vault
-        .cli(&[
-            "write",
-            "auth/jwt/config",
-            &format!("jwt_validation_pubkeys=@{}", keys.display()),
-            "bound_issuer=https://kubernetes.default.svc.cluster.local",
-        ])
-        .ok();
-    vault
-        .cli(&[
-            "write",
-            "auth/jwt/role/istio-ca-bootstrap",
-            "role_type=jwt",
-            "user_claim=sub",
-            "bound_audiences=vault",
-            "bound_subject=system:serviceaccount:istio-system:istio-ca-bootstrap",
-            "token_policies=istio-ca-bootstrap",
-        ])
-        .ok();
+    vault.bootstrap_jwt_auth(
+        &keys,
+        "https://kubernetes.default.svc.cluster.local",
+        &["token_policies=istio-ca-bootstrap"],
+    );
     c.login("homelab", "kubernetes", "istio-ca-bootstrap", &jwt)
         .ok();
     c.login("homelab", "jwt", "istio-ca-bootstrap", &jwt).ok();

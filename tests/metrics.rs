@@ -100,14 +100,8 @@ fn run_every_job(gateway: &Pushgateway) -> String {
     assert_exit(&run_job("bootstrap-job", &refs(&with(&[])), dir.path()), 0);
 
     // nas-sync-job into a fake NAS cluster: the drift it found, then a refused bundle.
-    let api = FakeApiServer::start();
-    api.create_namespace("istio-system");
-    api.create_service_account("istio-system", "istio-ca-sync");
-    api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
-    );
+    let api = FakeApiServer::start_nas();
+    let kubeconfig = api.nas_sync_kubeconfig(&dir);
     let kube = [
         ("KUBECONFIG", kubeconfig.to_str().unwrap()),
         ("KUBE_MAX_ATTEMPTS", "1"),

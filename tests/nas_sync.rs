@@ -36,14 +36,8 @@ impl Setup {
             dir.path(),
         );
         assert_eq!(boot.code, 0, "{}", boot.stderr);
-        let api = FakeApiServer::start();
-        api.create_namespace("istio-system");
-        api.create_service_account("istio-system", "istio-ca-sync");
-        api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
-        dir.write(
-            "kubeconfig",
-            api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
-        );
+        let api = FakeApiServer::start_nas();
+        api.nas_sync_kubeconfig(&dir);
         Self { bao, api, dir }
     }
 
@@ -55,6 +49,18 @@ impl Setup {
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
             ("VAULT_MAX_ATTEMPTS", "2"),
             ("KUBE_MAX_ATTEMPTS", "2"),
+        ];
+        vars.extend_from_slice(extra);
+        run_job(JOB, &vars, self.dir.path())
+    }
+
+    /// A run without a cluster: the manifests for `target` (`directory` or `stdout`) in `out`.
+    fn write_manifests(&self, out: &Path, target: &str, extra: &[(&str, &str)]) -> JobRun {
+        let mut vars = vec![
+            ("VAULT_ADDR", self.bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
+            ("SYNC_TARGET", target),
         ];
         vars.extend_from_slice(extra);
         run_job(JOB, &vars, self.dir.path())
@@ -279,15 +285,7 @@ fn kubernetes_login_through_the_nas_cluster() {
         .cli(&["auth", "enable", "-path=kubernetes-nas", "kubernetes"])
         .ok();
     s.bao
-        .cli(&[
-            "write",
-            "auth/kubernetes-nas/config",
-            &format!("kubernetes_host={}", s.api.url),
-            &format!("kubernetes_ca_cert=@{}", api_ca.display()),
-            &format!("token_reviewer_jwt=@{}", reviewer.display()),
-            "disable_local_ca_jwt=true",
-        ])
-        .ok();
+        .kubernetes_auth_config("kubernetes-nas", &s.api.url, &api_ca, Some(&reviewer));
     s.bao
         .cli(&[
             "write",
@@ -325,16 +323,7 @@ fn kubernetes_login_through_the_nas_cluster() {
 fn without_a_cluster_it_writes_manifests() {
     let s = Setup::new();
     let out = s.dir.path().join("manifests");
-    let sync = |extra: &[(&str, &str)], target: &str| {
-        let mut vars = vec![
-            ("VAULT_ADDR", s.bao.addr.as_str()),
-            ("VAULT_TOKEN", ROOT_TOKEN),
-            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
-            ("SYNC_TARGET", target),
-        ];
-        vars.extend_from_slice(extra);
-        run_job(JOB, &vars, s.dir.path())
-    };
+    let sync = |extra: &[(&str, &str)], target: &str| s.write_manifests(&out, target, extra);
     for target in ["directory", "stdout"] {
         let refused = sync(&[], target);
         assert_exit(&refused, 2);
@@ -434,15 +423,7 @@ fn manifests_are_encrypted_for_age_recipients() {
     let alice = recipient("alice.txt");
     let eve = recipient("eve.txt");
     let sync = |out: &str, target: &str, extra: &[(&str, &str)]| {
-        let out = dir.join(out);
-        let mut vars = vec![
-            ("VAULT_ADDR", s.bao.addr.as_str()),
-            ("VAULT_TOKEN", ROOT_TOKEN),
-            ("SYNC_OUTPUT_DIR", out.to_str().unwrap()),
-            ("SYNC_TARGET", target),
-        ];
-        vars.extend_from_slice(extra);
-        run_job(JOB, &vars, dir)
+        s.write_manifests(&dir.join(out), target, extra)
     };
 
     assert_exit(
@@ -619,10 +600,7 @@ fn a_bad_age_recipient_is_refused_and_an_identity_never_echoed() {
 /// against a server more lenient than a cluster.
 #[test]
 fn the_fake_api_server_is_as_strict_as_a_real_one() {
-    let api = FakeApiServer::start();
-    api.create_namespace("istio-system");
-    api.create_service_account("istio-system", "istio-ca-sync");
-    api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+    let api = FakeApiServer::start_nas();
     let token = api.api_token("istio-system", "istio-ca-sync");
     let vault_token = api.token("istio-system", "istio-ca-sync", &["vault"], 600);
     let dir = Scratch::new();

@@ -10,7 +10,7 @@ use pki_core::{
     SubjectName, build_pkcs12, generate_root_ca, issue_client_certificate, sign_crl,
 };
 
-use crate::support::tools::{Scratch, keytool, openssl, verify_cacerts};
+use crate::support::tools::{Scratch, keytool, keytool_listing, openssl, verify_cacerts};
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
@@ -327,21 +327,7 @@ fn keytool_lists_a_private_key_entry_with_the_full_chain() {
     let dir = Scratch::new();
     for profile in [Pkcs12Profile::Modern, Pkcs12Profile::Legacy] {
         dir.write("alice.p12", pkcs12_of(&alice, &ca, profile));
-        let listing = keytool(
-            &[
-                "-list",
-                "-v",
-                "-storetype",
-                "PKCS12",
-                "-keystore",
-                "alice.p12",
-                "-storepass",
-                "s3cret pass",
-            ],
-            dir.path(),
-        )
-        .ok()
-        .stdout;
+        let listing = keytool_listing("alice.p12", "s3cret pass", dir.path());
         assert!(listing.contains("Alias name: alice"), "{listing}");
         assert!(listing.contains("Entry type: PrivateKeyEntry"), "{listing}");
         assert!(listing.contains("Certificate chain length: 2"), "{listing}");

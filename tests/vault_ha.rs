@@ -446,15 +446,9 @@ fn client_issuer_converge_survives_leader_changes() {
 /// nas-sync-job's Vault side: its reads through a leader change, into the fake API server.
 #[test]
 fn nas_sync_reads_through_leader_changes() {
-    let api = FakeApiServer::start();
-    api.create_namespace("istio-system");
-    api.create_service_account("istio-system", "istio-ca-sync");
-    api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+    let api = FakeApiServer::start_nas();
     let dir = Scratch::new();
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
-    );
+    let kubeconfig = api.nas_sync_kubeconfig(&dir);
     let vars = |ha: &Ha, mount: &str, attempts: &str| {
         let mut vars = ha.vars(mount, attempts);
         vars.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));

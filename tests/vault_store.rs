@@ -250,15 +250,9 @@ fn a_deleted_or_destroyed_latest_version_is_not_taken_for_absent() {
 fn a_deleted_bundle_is_not_synced_as_absent() {
     let bao = OpenBao::start();
     assert_exit(&bootstrap(&bao.addr, ROOT_TOKEN, &[]), 0);
-    let api = FakeApiServer::start();
-    api.create_namespace("istio-system");
-    api.create_service_account("istio-system", "istio-ca-sync");
-    api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+    let api = FakeApiServer::start_nas();
     let dir = Scratch::new();
-    let kubeconfig = dir.write(
-        "kubeconfig",
-        api.kubeconfig(&api.api_token("istio-system", "istio-ca-sync")),
-    );
+    let kubeconfig = api.nas_sync_kubeconfig(&dir);
     let sync = || {
         run_job(
             "nas-sync-job",

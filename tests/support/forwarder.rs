@@ -14,13 +14,14 @@
 //! It counts HTTP requests, and can stop at a chosen one to let the test change the cluster at
 //! that exact point of a job's run.
 
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use super::proxy::{http_request_starts, relay_chunks};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -137,33 +138,18 @@ impl Drop for Forwarder {
     }
 }
 
-fn connection(mut client: TcpStream, shared: &Shared) {
+fn connection(client: TcpStream, shared: &Shared) {
     client.set_nonblocking(false).unwrap();
     let port = match &*shared.route.lock().unwrap() {
         Route::Active(port) => *port,
         Route::AllNodes(ports) => ports[shared.turn.fetch_add(1, Ordering::Relaxed) % ports.len()],
     };
-    let Ok(mut server) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    let (mut server_read, mut client_write) =
-        (server.try_clone().unwrap(), client.try_clone().unwrap());
-    let back = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut server_read, &mut client_write);
-        let _ = client_write.shutdown(Shutdown::Both);
-    });
-    let mut buf = [0_u8; 16 * 1024];
-    loop {
-        let n = match client.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // A request line ends in " HTTP/1.1\r\n"; clients write it in one piece.
-        let starts = buf[..n]
-            .windows(11)
-            .filter(|w| w == b" HTTP/1.1\r\n")
-            .count();
+    relay_chunks(client, server, |chunk| {
+        let starts = http_request_starts(chunk);
         let mut after = None;
         if starts > 0 {
             let seen = shared.requests.fetch_add(starts, Ordering::SeqCst) + starts;
@@ -179,14 +165,10 @@ fn connection(mut client: TcpStream, shared: &Shared) {
                 }
             }
         }
-        if server.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        if let Some(reached) = after {
-            let _ = reached.send(());
-        }
-    }
-    let _ = server.shutdown(Shutdown::Both);
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = back.join();
+        Some(move || {
+            if let Some(reached) = after {
+                let _ = reached.send(());
+            }
+        })
+    });
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use pki_core::time::{Duration as Validity, OffsetDateTime};
 use pki_core::{
-    CaCredential, ClientCertificateParams, ClientCredential, KeyAlgorithm, Pkcs12Password,
-    Pkcs12Profile, Pkcs12Request, build_pkcs12, issue_client_certificate,
+    CaCredential, CaParams, ClientCertificateParams, ClientCredential, CrlParams, KeyAlgorithm,
+    Pkcs12Password, Pkcs12Profile, Pkcs12Request, RevokedCertificate, SubjectName, build_pkcs12,
+    generate_root_ca, issue_client_certificate, sign_crl,
 };
 
 use super::openbao::free_port;
@@ -22,6 +23,39 @@ pub const P12_PASSWORD: &str = "pw-stranger";
 
 /// The host name the `haproxy-ingress` layout serves (its crt-list lines are per host).
 const HOST: &str = "nas.home.arpa";
+
+/// The legacy client CA of a migration, `O=Old, CN=Old Client CA`, made a day before `now`.
+pub fn legacy_client_ca(now: OffsetDateTime) -> CaCredential {
+    generate_root_ca(
+        &CaParams {
+            subject: SubjectName::new("Old", "Old Client CA"),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Validity::days(365),
+        },
+        now - Validity::days(1),
+    )
+    .unwrap()
+}
+
+/// The CRL number `crl_number` of the legacy CA `legacy`, listing `revoked`: issued an hour
+/// before `now`, next update in 30 days.
+pub fn legacy_crl(
+    legacy: &CaCredential,
+    now: OffsetDateTime,
+    crl_number: u64,
+    revoked: Vec<RevokedCertificate>,
+) -> String {
+    sign_crl(
+        legacy,
+        &CrlParams {
+            this_update: now - Validity::hours(1),
+            next_update: now + Validity::days(30),
+            crl_number,
+            revoked,
+        },
+    )
+    .unwrap()
+}
 
 /// A client certificate for `name` issued by `ca` outside the job (a stranger, or a user of a
 /// legacy CA).

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,6 +33,7 @@ use super::kube_authn::{
     Refusal, SigningKey, TokenObjects, User, authenticate, bound_claims, legacy_claims, random_uid,
 };
 use super::kube_rbac::{Rbac, Request as RbacRequest};
+use super::tools::Scratch;
 
 /// The field manager Flux's kustomize-controller applies with: objects loaded from manifests
 /// are its.
@@ -309,6 +311,25 @@ impl FakeApiServer {
         secret.resource_version = rv;
     }
 
+    /// A NAS cluster as nas-sync-job meets it: the namespace `istio-system`, where the service
+    /// account `istio-ca-sync` may `get` and `patch` the Secret `cacerts` and nothing else.
+    pub fn start_nas() -> Self {
+        let api = Self::start();
+        api.create_namespace("istio-system");
+        api.create_service_account("istio-system", "istio-ca-sync");
+        api.grant("istio-system", "istio-ca-sync", "istio-system", "cacerts");
+        api
+    }
+
+    /// The kubeconfig of `istio-ca-sync` (see [`Self::start_nas`]), written to `dir` as
+    /// `kubeconfig`.
+    pub fn nas_sync_kubeconfig(&self, dir: &Scratch) -> PathBuf {
+        dir.write(
+            "kubeconfig",
+            self.kubeconfig(&self.api_token("istio-system", "istio-ca-sync")),
+        )
+    }
+
     /// A kubeconfig that reaches this server with `token`.
     pub fn kubeconfig(&self, token: &str) -> String {
         format!(
@@ -342,19 +363,21 @@ fn namespaced_name(o: &Value) -> (String, String) {
     )
 }
 
+/// The string values of a JSON object (labels, annotations, `data`); others are left out.
+fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Stores a Secret from a manifest; a service-account token Secret gets the token controller's
 /// fields (`pkg/controller/serviceaccount/tokens_controller.go`): the legacy token and the
 /// namespace (no `ca.crt`: this server speaks plain HTTP and has no CA).
 fn store_secret(state: &mut State, namespace: &str, name: &str, o: &Value) {
-    let string_map = |v: &Value| -> BTreeMap<String, String> {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let mut secret = StoredSecret {
         secret_type: o["type"].as_str().unwrap_or("Opaque").to_owned(),
         labels: string_map(&o["metadata"]["labels"]),
@@ -551,6 +574,15 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     )
 }
 
+/// The 405 the API server answers a verb a path does not serve.
+fn method_not_allowed() -> (u16, Value) {
+    status(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
+}
+
 fn route(request: &Request, user: &User, state: &Mutex<State>) -> (u16, Value) {
     let path = request.path.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -559,11 +591,7 @@ fn route(request: &Request, user: &User, state: &Mutex<State>) -> (u16, Value) {
     }
     if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         if request.method != "POST" {
-            return status(
-                405,
-                "MethodNotAllowed",
-                "the server does not allow this method on the requested resource",
-            );
+            return method_not_allowed();
         }
         let create = RbacRequest::Resource {
             verb: "create".into(),
@@ -601,11 +629,7 @@ fn route(request: &Request, user: &User, state: &Mutex<State>) -> (u16, Value) {
         }
     };
     if request.method != "GET" {
-        return status(
-            405,
-            "MethodNotAllowed",
-            "the server does not allow this method on the requested resource",
-        );
+        return method_not_allowed();
     }
     let get = RbacRequest::NonResource {
         verb: "get".into(),
@@ -635,13 +659,7 @@ fn secrets(
     let verb = match request.method.as_str() {
         "GET" => "get",
         "PATCH" => "patch",
-        _ => {
-            return status(
-                405,
-                "MethodNotAllowed",
-                "the server does not allow this method on the requested resource",
-            );
-        }
+        _ => return method_not_allowed(),
     };
     let attributes = RbacRequest::Resource {
         verb: verb.into(),
@@ -747,15 +765,6 @@ fn apply(request: &Request, state: &mut State, namespace: &str, name: &str) -> (
     for (k, v) in data {
         secret.data.insert(k, (v, manager.clone()));
     }
-    let string_map = |v: &Value| -> BTreeMap<String, String> {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     secret
         .labels
         .extend(string_map(&body["metadata"]["labels"]));

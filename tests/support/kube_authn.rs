@@ -26,6 +26,8 @@ use ring::signature::{
 };
 use serde_json::{Value, json};
 
+use super::tools::uuid_text;
+
 /// `--service-account-issuer`, and so (the default of `--api-audiences`) the audience every
 /// token for the API server itself carries.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -155,19 +157,7 @@ pub fn legacy_claims(namespace: &str, secret: &str, name: &str, uid: &str) -> Va
 pub fn random_uid() -> String {
     let mut bytes = [0u8; 16];
     ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes).unwrap();
-    let h: String = bytes
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0xf])
-        .filter_map(|n| char::from_digit(n.into(), 16))
-        .collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid_text(&bytes)
 }
 
 /// An authenticated user, as `user.Info`.

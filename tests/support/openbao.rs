@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 
-use super::tools::{Ran, Scratch, openssl, run};
+use super::tools::{Ran, Scratch, openssl, run, uuid_text};
 
 /// The root token of every dev server.
 pub const ROOT_TOKEN: &str = "test-root-token";
@@ -29,6 +29,29 @@ pub fn bao_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs the `bao` CLI in `dir` (also its `HOME`) against the server at `addr` with `token`,
+/// trusting `ca` when the server speaks TLS, and nothing else from the environment.
+pub fn bao_cli(addr: &str, token: &str, ca: Option<&Path>, dir: &Path, args: &[&str]) -> Ran {
+    let mut command = Command::new(bao_bin());
+    command.env_clear();
+    if let Some(ca) = ca {
+        command.env("VAULT_CACERT", ca);
+    }
+    let output = command
+        .args(args)
+        .env("VAULT_ADDR", addr)
+        .env("VAULT_TOKEN", token)
+        .env("HOME", dir)
+        .current_dir(dir)
+        .output()
+        .expect("run bao");
+    Ran {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -134,24 +157,13 @@ impl OpenBao {
     }
 
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Ran {
-        let mut command = Command::new(bao_bin());
-        command.env_clear();
-        if let Some(ca) = &self.tls_ca {
-            command.env("VAULT_CACERT", ca);
-        }
-        let output = command
-            .args(args)
-            .env("VAULT_ADDR", &self.addr)
-            .env("VAULT_TOKEN", token)
-            .env("HOME", self.dir.path())
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run bao");
-        Ran {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        bao_cli(
+            &self.addr,
+            token,
+            self.tls_ca.as_deref(),
+            self.dir.path(),
+            args,
+        )
     }
 
     /// Runs a shell script with this server as `VAULT_ADDR`, the root token, and `bao` (also
@@ -199,6 +211,54 @@ impl OpenBao {
     }
 
     /// The current version of a KV entry at `secret/<path>`, or 0 when absent.
+    /// `vault write auth/<mount>/config`: the Kubernetes auth method at `mount` checks logins
+    /// with the API server at `host` (CA `ca`), never with a local pod token; `reviewer`, when
+    /// given, is the TokenReview bearer, else the login JWT is.
+    pub fn kubernetes_auth_config(
+        &self,
+        mount: &str,
+        host: &str,
+        ca: &Path,
+        reviewer: Option<&Path>,
+    ) {
+        let mut args = vec![
+            "write".to_owned(),
+            format!("auth/{mount}/config"),
+            format!("kubernetes_host={host}"),
+            format!("kubernetes_ca_cert=@{}", ca.display()),
+        ];
+        if let Some(reviewer) = reviewer {
+            args.push(format!("token_reviewer_jwt=@{}", reviewer.display()));
+        }
+        args.push("disable_local_ca_jwt=true".to_owned());
+        self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .ok();
+    }
+
+    /// JWT auth at `auth/jwt` (already enabled) for the bootstrap Job: tokens signed by one of
+    /// `keys` and issued by `issuer`; the role `istio-ca-bootstrap` admits the subject
+    /// `system:serviceaccount:istio-system:istio-ca-bootstrap` with audience `vault`, with the
+    /// `token_fields` (`token_policies=...`, `token_ttl=...`).
+    pub fn bootstrap_jwt_auth(&self, keys: &Path, issuer: &str, token_fields: &[&str]) {
+        self.cli(&[
+            "write",
+            "auth/jwt/config",
+            &format!("jwt_validation_pubkeys=@{}", keys.display()),
+            &format!("bound_issuer={issuer}"),
+        ])
+        .ok();
+        let mut role = vec![
+            "write",
+            "auth/jwt/role/istio-ca-bootstrap",
+            "role_type=jwt",
+            "user_claim=sub",
+            "bound_audiences=vault",
+            "bound_subject=system:serviceaccount:istio-system:istio-ca-bootstrap",
+        ];
+        role.extend_from_slice(token_fields);
+        self.cli(&role).ok();
+    }
+
     pub fn kv_version(&self, path: &str) -> u64 {
         let ran = self.cli(&[
             "kv",
@@ -289,19 +349,7 @@ pub fn service_account_uid(namespace: &str, name: &str) -> String {
         &ring::digest::SHA256,
         format!("{namespace}/{name}").as_bytes(),
     );
-    let h: String = digest.as_ref()[..16]
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0xf])
-        .filter_map(|n| char::from_digit(n.into(), 16))
-        .collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid_text(digest.as_ref()[..16].try_into().unwrap())
 }
 
 /// An ES256 signing key standing in for a cluster's service-account issuer.

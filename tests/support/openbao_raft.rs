@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::openbao::{bao_bin, free_port};
+use super::openbao::{bao_bin, bao_cli, free_port};
 use super::tools::{Ran, Scratch};
 
 /// The longest any wait of the harness takes before the test fails.
@@ -195,20 +195,13 @@ disable_standby_reads = {}
 
     /// Runs the `bao` CLI against node `i` as root.
     pub fn cli(&self, i: usize, args: &[&str]) -> Ran {
-        let output = Command::new(bao_bin())
-            .args(args)
-            .env_clear()
-            .env("VAULT_ADDR", self.nodes[i].addr())
-            .env("VAULT_TOKEN", &self.root_token)
-            .env("HOME", self.dir.path())
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run bao");
-        Ran {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        bao_cli(
+            &self.nodes[i].addr(),
+            &self.root_token,
+            None,
+            self.dir.path(),
+            args,
+        )
     }
 
     /// The `bao` CLI against the active node.

@@ -81,11 +81,36 @@ impl CutProxy {
 }
 
 fn relay(
-    mut client: TcpStream,
-    mut server: TcpStream,
+    client: TcpStream,
+    server: TcpStream,
     stop: &AtomicBool,
     seen: &AtomicUsize,
     limit: usize,
+) {
+    relay_chunks(client, server, |chunk| {
+        let starts = http_request_starts(chunk);
+        if starts > 0 && seen.fetch_add(starts, Ordering::SeqCst) + starts > limit {
+            stop.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Some(|| ())
+    });
+}
+
+/// How many HTTP requests begin in `chunk`. A request line ends in " HTTP/1.1\r\n"; clients
+/// write it in one piece.
+pub(super) fn http_request_starts(chunk: &[u8]) -> usize {
+    chunk.windows(11).filter(|w| w == b" HTTP/1.1\r\n").count()
+}
+
+/// Relays the bytes `client` sends to `server` chunk by chunk, and all of `server`'s answers
+/// back unchanged, until either side closes; then shuts both. `before_chunk` sees each chunk
+/// first: `None` drops it and ends the relay (a server gone away), `Some(after)` passes it on
+/// and calls `after` once it is written.
+pub(super) fn relay_chunks<A: FnOnce()>(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    mut before_chunk: impl FnMut(&[u8]) -> Option<A>,
 ) {
     let (mut server_read, mut client_write) =
         (server.try_clone().unwrap(), client.try_clone().unwrap());
@@ -99,18 +124,13 @@ fn relay(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        // A request line ends in " HTTP/1.1\r\n"; clients write it in one piece.
-        let starts = buf[..n]
-            .windows(11)
-            .filter(|w| w == b" HTTP/1.1\r\n")
-            .count();
-        if starts > 0 && seen.fetch_add(starts, Ordering::SeqCst) + starts > limit {
-            stop.store(true, Ordering::Relaxed);
+        let Some(after) = before_chunk(&buf[..n]) else {
             break;
-        }
+        };
         if server.write_all(&buf[..n]).is_err() {
             break;
         }
+        after();
     }
     let _ = server.shutdown(Shutdown::Both);
     let _ = client.shutdown(Shutdown::Both);
@@ -144,29 +164,13 @@ impl DelayProxy {
     }
 }
 
-fn delay_relay(mut client: TcpStream, mut server: TcpStream, max_ms: u64, mut seed: u64) {
-    let (mut server_read, mut client_write) =
-        (server.try_clone().unwrap(), client.try_clone().unwrap());
-    let back = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut server_read, &mut client_write);
-        let _ = client_write.shutdown(Shutdown::Both);
-    });
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match client.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
+fn delay_relay(client: TcpStream, server: TcpStream, max_ms: u64, mut seed: u64) {
+    relay_chunks(client, server, |_| {
         // xorshift: a different delay per chunk, no shared state between connections.
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(seed % (max_ms + 1)));
-        if server.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = server.shutdown(Shutdown::Both);
-    let _ = client.shutdown(Shutdown::Both);
-    let _ = back.join();
+        Some(|| ())
+    });
 }

@@ -86,6 +86,27 @@ pub fn keytool(args: &[&str], dir: &Path) -> Ran {
     run("keytool", args, dir)
 }
 
+/// `keytool -list -v` of the PKCS#12 `keystore` in `dir`, opened with `storepass`, as a Java
+/// client's keystore is read; the listing, once it succeeded.
+#[track_caller]
+pub fn keytool_listing(keystore: &str, storepass: &str, dir: &Path) -> String {
+    keytool(
+        &[
+            "-list",
+            "-v",
+            "-storetype",
+            "PKCS12",
+            "-keystore",
+            keystore,
+            "-storepass",
+            storepass,
+        ],
+        dir,
+    )
+    .ok()
+    .stdout
+}
+
 /// `openssl verify` of the `cacerts` files in `dir`, as an operator checks a cluster bundle.
 #[track_caller]
 pub fn verify_cacerts(dir: &Path) -> Ran {
@@ -99,5 +120,23 @@ pub fn verify_cacerts(dir: &Path) -> Ran {
             "ca-cert.pem",
         ],
         dir,
+    )
+}
+
+/// 16 bytes as a UUID is written (`8-4-4-4-12` lowercase hex digits), as Kubernetes writes
+/// object uids.
+pub fn uuid_text(bytes: &[u8; 16]) -> String {
+    let h: String = bytes
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .filter_map(|n| char::from_digit(n.into(), 16))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
     )
 }
