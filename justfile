@@ -20,15 +20,15 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# pki-core against the openssl CLI steps of the seeds' scripts.
+# pki-core against the openssl CLI steps of the previous shell scripts.
 bench-pki:
     cargo bench -p pki-core --bench vs_openssl
 
-# bootstrap-job against the seeds' shell scripts on one OpenBao server (wall time, peak memory).
+# bootstrap-job against the previous shell scripts on one OpenBao server (wall time, peak memory).
 bench-bootstrap runs="15":
     ./scripts/bench-bootstrap.sh {{runs}}
 
-# client-issuer-job against the OpenBao PKI engine and the seeds' issue-clients.sh on one OpenBao server.
+# client-issuer-job against the OpenBao PKI engine and the previous scripts' issue-clients.sh on one OpenBao server.
 bench-clients sizes="10 100 1000 5000":
     ./scripts/bench-clients.sh "{{sizes}}"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bootstrap-job against the seeds' shell approach (../shared/baseline: noop.sh and
+# bootstrap-job against the previous shell scripts (../shared/baseline: noop.sh and
 # bootstrap.sh, Vault CLI + openssl) on one OpenBao dev server in one run: median wall time
 # and peak memory (max RSS, with GNU time) of the no-op run and of the first run.
 # Usage: scripts/bench-bootstrap.sh [runs]   (default 15)

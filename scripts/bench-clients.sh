@@ -3,7 +3,7 @@
 #  - OpenBao's own PKI engine: an EC P-256 root (`pki/root/generate/internal`), a role, and
 #    `pki/issue/<role>` over one keep-alive HTTP connection (a certificate and key per call;
 #    no PKCS#12, no KV entry);
-#  - the seeds' shell approach (../shared/baseline/issue-clients.sh: per client an openssl key,
+#  - the previous shell scripts (../shared/baseline/issue-clients.sh: per client an openssl key,
 #    CSR, signature, PKCS#12 and one `bao kv put`), timed on at most 50 clients per size.
 # For each size N it reports the job's first run (per client), a no-op re-run and peak memory;
 # then the one-off `issue NAME EMAIL` with 20 and with 2,000 clients stored.

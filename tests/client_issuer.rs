@@ -1,5 +1,5 @@
 //! `client-issuer-job` against a real OpenBao and a real HAProxy: users fetch their PKCS#12
-//! exactly as the seed tells them and get through; revoked users, strangers and anonymous
+//! exactly as the previous scripts told them and get through; revoked users, strangers and anonymous
 //! clients do not; a migration trusts both CAs; metrics reach a real Pushgateway.
 
 use std::path::PathBuf;
@@ -71,7 +71,7 @@ impl Setup {
         run_job(JOB, &vars, self.dir.path())
     }
 
-    /// The seed's user step, as written: `vault kv get -field=p12 ... | base64 -d > name.p12`.
+    /// The previous scripts' user step, as written: `vault kv get -field=p12 ... | base64 -d > name.p12`.
     fn fetch_p12(&self, name: &str) -> (PathBuf, String) {
         self.bao
             .shell(&format!(
@@ -338,7 +338,7 @@ fn metrics_reach_a_real_pushgateway() {
 #[test]
 fn a_second_run_writes_nothing_and_placeholders_are_replaced() {
     let s = Setup::new();
-    // The seed's preparation step.
+    // The previous scripts' preparation step.
     s.bao.shell("vault kv put secret/pki/ca placeholder=true && vault kv put secret/pki/clients placeholder=true").ok();
     s.clients(ALICE_BOB);
     assert_exit(&s.run(&[]), 0);
@@ -357,7 +357,7 @@ fn a_second_run_writes_nothing_and_placeholders_are_replaced() {
     );
     assert_eq!(s.versions(&paths), [1, 2, 1, 1]);
 
-    // The seed's expiry check reads `created` as RFC 3339.
+    // The previous scripts' expiry check reads `created` as RFC 3339.
     let created = s
         .bao
         .shell("vault kv get -format=json secret/pki/clients/alice")
@@ -726,7 +726,7 @@ fn previous_scripts_users_are_listed_kept_and_migrated_once_declared() {
         line.contains(" active ") && line.ends_with("previous"),
         "{line}"
     );
-    // The migrated user downloads a working bundle as the seed says; the old certificate is kept.
+    // The migrated user downloads a working bundle as the previous scripts said; the old certificate is kept.
     s.fetch_p12_and_open_it("migrant");
     assert!(
         s.bao

@@ -1,6 +1,6 @@
 //! What pki-core generates, checked by tools that share none of its code: `openssl verify`,
 //! `openssl x509 -text`, `openssl pkcs12`, `openssl crl`, and Java's `keytool`. And the
-//! reverse: material that openssl generates the way the seeds' scripts do passes our verifier.
+//! reverse: material that openssl generates the way the previous shell scripts do passes our verifier.
 
 use pki_core::istio::{self, IstioBundleFiles, IstioCaParams, verify_istio_bundle};
 use pki_core::time::{Duration, OffsetDateTime};
@@ -430,10 +430,10 @@ fn openssl_verifies_the_crl_and_refuses_revoked_clients() {
     assert_eq!(check("bob.pem").ok().stdout.trim(), "bob.pem: OK");
 }
 
-/// The seeds' shell approach (baseline/bootstrap.sh) makes SEC1 EC keys with openssl. A bundle
+/// The previous shell scripts (baseline/bootstrap.sh) makes SEC1 EC keys with openssl. A bundle
 /// made that way, and one with a PKCS#1 RSA key, pass our verifier; an encrypted key does not.
 #[test]
-fn our_verifier_accepts_what_openssl_makes_the_seeds_way() {
+fn our_verifier_accepts_what_openssl_makes_the_previous_scripts_way() {
     let dir = Scratch::new();
     let sh = |script: &str| {
         crate::support::tools::run("sh", &["-ec", script], dir.path()).ok();

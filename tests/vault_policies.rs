@@ -199,7 +199,7 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
         "revoked"
     );
 
-    // The seed's ESO token.
+    // The previous setup's ESO token.
     let eso = bao
         .cli(&[
             "token",
@@ -253,7 +253,7 @@ fn the_nas_vault_gives_each_role_only_its_paths() {
 }
 
 /// `vault/setup.sh` run from another directory with file arguments relative to it, twice
-/// (idempotent); then the seed's user step: a user logged in through any auth method (here
+/// (idempotent); then the previous scripts' user step: a user logged in through any auth method (here
 /// userpass) whose identity entity is named after their client reads their own bundle with
 /// `vault kv get -field=p12`, and no one else's.
 #[test]

@@ -114,7 +114,7 @@ case $site in
     for p in client-issuer eso-pki-reader pki-client-self; do policy "$p"; done
     read -r mount method < <(auth_mount nas "")
     role "$mount" "$method" client-issuer pki client-issuer client-issuer
-    # The homelab cluster's ClusterSecretStore nas-vault reads with a token, as in the seed:
+    # The homelab cluster's ClusterSecretStore nas-vault reads with a token, as in the previous setup:
     #   vault token create -policy=eso-pki-reader -ttl=8760h
     ;;
   *) echo "usage: setup.sh homelab|nas" >&2; exit 2 ;;

@@ -167,7 +167,7 @@ impl OpenBao {
     }
 
     /// Runs a shell script with this server as `VAULT_ADDR`, the root token, and `bao` (also
-    /// as `vault`) on the PATH: an operator's or a user's commands, as written in the seeds.
+    /// as `vault`) on the PATH: an operator's or a user's commands, as the previous setup wrote them.
     pub fn shell(&self, script: &str) -> Ran {
         let bin = self.dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();

@@ -14,7 +14,7 @@ use tracing::info;
 use super::previous_ca::foreign_fields_problem;
 use super::{ClientStatus, EntryProblem, Issuer, RunSummary, rfc3339, writable_absent};
 
-/// Fields of the public bundle entry, as the seed's ExternalSecret copies them.
+/// Fields of the public bundle entry, as the previous setup's ExternalSecret copies them.
 pub(super) const BUNDLE_CA: &str = "ca.crt";
 pub(super) const BUNDLE_CRL: &str = "crl.pem";
 /// Every field the bundle entry may hold; anything else there is not this job's to overwrite.
