@@ -1080,19 +1080,7 @@ fn entries_deleted_or_edited_by_hand_behind_the_index_are_converged() {
         s.bao.kv_field("pki/clients/bob", "email"),
         "bob@example.org"
     );
-    let (p12, password) = s.fetch_p12("alice");
-    openssl(
-        &[
-            "pkcs12",
-            "-in",
-            p12.to_str().unwrap(),
-            "-passin",
-            &format!("pass:{password}"),
-            "-nokeys",
-        ],
-        s.dir.path(),
-    )
-    .ok();
+    s.fetch_p12_and_open_it("alice");
     let idle = s.run(&[]);
     assert_exit(&idle, 0);
     assert_eq!(

@@ -396,4 +396,4 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

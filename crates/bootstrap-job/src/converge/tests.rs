@@ -15,7 +15,8 @@ const T0: OffsetDateTime = match OffsetDateTime::from_unix_timestamp(1_777_622_4
     Err(_) => OffsetDateTime::UNIX_EPOCH,
 };
 
-fn plan() -> Plan {
+/// The default layout with both clusters (the rotation tests use it too).
+pub(crate) fn plan() -> Plan {
     Plan {
         mount: "secret".into(),
         root_path: "istio/ca".into(),

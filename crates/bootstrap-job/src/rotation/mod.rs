@@ -943,6 +943,7 @@ mod tests {
     use pki_core::{CaParams, KeyAlgorithm, SubjectName, generate_root_ca};
 
     use super::*;
+    use crate::converge::tests::plan;
     use crate::converge::{ClusterAction, converge};
 
     /// 2026-05-01T08:00:00Z.
@@ -1001,18 +1002,6 @@ mod tests {
                 .map(|f| (*f, entry.data.get(f).unwrap()))
                 .collect();
             self.put(cluster, "cacerts", &files);
-        }
-    }
-
-    fn plan() -> Plan {
-        Plan {
-            mount: "secret".into(),
-            root_path: "istio/ca".into(),
-            clusters_path: "istio/clusters".into(),
-            rotation_path: "istio/rotation".into(),
-            clusters: vec!["homelab".into(), "nas".into()],
-            ca: IstioCaParams::default(),
-            renewal: RenewalPolicy::default(),
         }
     }
 
