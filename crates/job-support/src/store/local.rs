@@ -56,6 +56,43 @@ impl LocalStore {
         Ok(self.root.join(&self.mount).join(path))
     }
 
+    /// Writes `version` to a new temporary file in `dir`, synced to disk, for the caller to
+    /// link or rename into place; on failure nothing is left behind.
+    fn stage(
+        &self,
+        dir: &Path,
+        path: &str,
+        operation: &'static str,
+        version: &VersionFile,
+    ) -> Result<PathBuf, StoreError> {
+        let body = serde_json::to_vec_pretty(version).map_err(|e| StoreError::Malformed {
+            operation,
+            path: self.label(path),
+            detail: e.to_string(),
+        })?;
+        let temp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(&body)?;
+            file.sync_all()
+        })();
+        match written {
+            Ok(()) => Ok(temp),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                Err(self.io_error(operation, path, &temp, &e))
+            }
+        }
+    }
+
     fn label(&self, path: &str) -> String {
         format!("{}/{path}", self.mount)
     }
@@ -223,34 +260,16 @@ impl SecretStore for LocalStore {
         let created_time = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let body = serde_json::to_vec_pretty(&VersionFile {
-            data: data.as_map().clone(),
-            created_time,
-            destroyed: false,
-        })
-        .map_err(|e| StoreError::Malformed {
-            operation: "write",
-            path: self.label(path),
-            detail: e.to_string(),
-        })?;
-        let temp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = (|| {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)?;
-            file.write_all(&body)?;
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(self.io_error("write", path, &temp, &e));
-        }
+        let temp = self.stage(
+            &dir,
+            path,
+            "write",
+            &VersionFile {
+                data: data.as_map().clone(),
+                created_time,
+                destroyed: false,
+            },
+        )?;
         let target = version_file(&dir, cas + 1);
         // link(2) refuses an existing target: the atomic create-only step.
         let linked = fs::hard_link(&temp, &target);
@@ -298,31 +317,17 @@ impl SecretStore for LocalStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(self.io_error(op, path, &file, &e)),
             };
-            let body = serde_json::to_vec_pretty(&VersionFile {
-                data: std::collections::BTreeMap::new(),
-                created_time,
-                destroyed: true,
-            })
-            .map_err(|e| StoreError::Malformed {
-                operation: op,
-                path: self.label(path),
-                detail: e.to_string(),
-            })?;
-            let temp = dir.join(format!(
-                ".tmp-{}-{}",
-                std::process::id(),
-                TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            let replaced = (|| {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&temp)?;
-                f.write_all(&body)?;
-                f.sync_all()?;
-                fs::rename(&temp, &file)
-            })();
+            let temp = self.stage(
+                &dir,
+                path,
+                op,
+                &VersionFile {
+                    data: std::collections::BTreeMap::new(),
+                    created_time,
+                    destroyed: true,
+                },
+            )?;
+            let replaced = fs::rename(&temp, &file);
             if let Err(e) = replaced {
                 let _ = fs::remove_file(&temp);
                 return Err(self.io_error(op, path, &file, &e));
@@ -347,25 +352,7 @@ mod tests {
     async fn create_only_then_check_and_set() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path(), "secret");
-        assert_eq!(store.read("istio/ca").await.unwrap(), None);
-        assert_eq!(
-            store.write("istio/ca", &data("a"), 0).await.unwrap(),
-            WriteOutcome::Written { version: 1 }
-        );
-        assert_eq!(
-            store.write("istio/ca", &data("b"), 0).await.unwrap(),
-            WriteOutcome::Conflict
-        );
-        assert_eq!(
-            store.write("istio/ca", &data("b"), 2).await.unwrap(),
-            WriteOutcome::Conflict
-        );
-        assert_eq!(
-            store.write("istio/ca", &data("b"), 1).await.unwrap(),
-            WriteOutcome::Written { version: 2 }
-        );
-        let entry = store.read("istio/ca").await.unwrap().unwrap();
-        assert_eq!((entry.version, entry.data.get("field")), (2, Some("b")));
+        crate::store::assert_check_and_set_contract(&store).await;
         let file = dir.path().join("secret/istio/ca/.v2.json");
         assert_eq!(
             fs::metadata(&file).unwrap().permissions().mode() & 0o777,

@@ -252,6 +252,32 @@ pub(crate) fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The check-and-set contract every store keeps, as Vault's KV v2 does: `cas = 0` creates
+/// only, a stale `cas` is a conflict that changes nothing, the right one writes the next
+/// version. Each store's tests run it on a fresh store.
+#[cfg(test)]
+pub(crate) async fn assert_check_and_set_contract(store: &impl SecretStore) {
+    let value =
+        |v: &str| -> SecretData { [("field".to_owned(), v.to_owned())].into_iter().collect() };
+    assert_eq!(store.read("istio/ca").await.unwrap(), None);
+    let outcomes = [
+        (value("a"), 0, WriteOutcome::Written { version: 1 }),
+        (value("b"), 0, WriteOutcome::Conflict),
+        (value("b"), 2, WriteOutcome::Conflict),
+        (value("b"), 1, WriteOutcome::Written { version: 2 }),
+    ];
+    for (data, cas, expected) in outcomes {
+        assert_eq!(
+            store.write("istio/ca", &data, cas).await.unwrap(),
+            expected,
+            "cas {cas}"
+        );
+    }
+    let entry = store.read("istio/ca").await.unwrap().unwrap();
+    assert_eq!((entry.version, entry.data.get("field")), (2, Some("b")));
+    assert!(store.read("istio/other").await.unwrap().is_none());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

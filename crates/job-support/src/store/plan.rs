@@ -317,6 +317,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keeps_the_check_and_set_contract_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), "secret");
+        let plan = PlanStore::new(&store);
+        crate::store::assert_check_and_set_contract(&plan).await;
+        assert!(store.read("istio/ca").await.unwrap().is_none());
+        assert_eq!(plan.changes().len(), 2);
+    }
+
+    #[tokio::test]
     async fn a_removed_field_is_named_and_bad_paths_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path(), "secret");

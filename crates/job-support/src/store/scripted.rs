@@ -454,28 +454,7 @@ mod tests {
     #[test]
     fn check_and_set_as_vault_does() {
         let store = ScriptedStore::new();
-        block_on(async {
-            assert_eq!(
-                store.write("a", &data("1"), 0).await.unwrap(),
-                WriteOutcome::Written { version: 1 }
-            );
-            // cas = 0 on an existing key, or a stale version: refused, nothing changes.
-            assert_eq!(
-                store.write("a", &data("x"), 0).await.unwrap(),
-                WriteOutcome::Conflict
-            );
-            assert_eq!(
-                store.write("a", &data("x"), 2).await.unwrap(),
-                WriteOutcome::Conflict
-            );
-            assert_eq!(
-                store.write("a", &data("2"), 1).await.unwrap(),
-                WriteOutcome::Written { version: 2 }
-            );
-            let entry = store.read("a").await.unwrap().unwrap();
-            assert_eq!((entry.version, entry.data.get("f")), (2, Some("2")));
-            assert!(store.read("b").await.unwrap().is_none());
-        });
+        block_on(crate::store::assert_check_and_set_contract(&store));
     }
 
     #[test]
