@@ -414,6 +414,21 @@ mod tests {
             .unwrap()
     }
 
+    /// A target on a mocked API server (kube-rs's tower-test pair), with `attempts` tries per
+    /// request; the handle answers each request as the test says.
+    fn mocked(
+        attempts: u32,
+    ) -> (
+        KubeTarget,
+        tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (
+            KubeTarget::new(kube::Client::new(service, "default"), attempts),
+            handle,
+        )
+    }
+
     fn desired() -> SecretState {
         SecretState {
             secret_type: "Opaque".into(),
@@ -426,8 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_then_server_side_apply_as_the_api_expects() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let target = KubeTarget::new(kube::Client::new(service, "default"), 1);
+        let (target, mut handle) = mocked(1);
         let server = tokio::spawn(async move {
             let (request, send) = handle.next_request().await.unwrap();
             assert_eq!(request.method(), Method::GET);
@@ -474,8 +488,7 @@ mod tests {
 
     #[tokio::test]
     async fn forbidden_and_missing_namespace_are_classified_and_not_retried() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let target = KubeTarget::new(kube::Client::new(service, "default"), 3);
+        let (target, mut handle) = mocked(3);
         let server = tokio::spawn(async move {
             let (_, send) = handle.next_request().await.unwrap();
             send.send_response(status(
@@ -510,8 +523,7 @@ mod tests {
 
     #[tokio::test]
     async fn server_errors_are_retried_a_bounded_number_of_times() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let target = KubeTarget::new(kube::Client::new(service, "default"), 2);
+        let (target, mut handle) = mocked(2);
         let server = tokio::spawn(async move {
             for _ in 0..2 {
                 let (_, send) = handle.next_request().await.unwrap();

@@ -651,6 +651,17 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
         Ok(served)
     }
 
+    /// What keeps `state` from advancing now, given what each cluster serves.
+    fn blockers(&self, state: &RotationState, served: &[(String, Served)]) -> Vec<Blocker> {
+        advance_blockers(
+            state.stage,
+            state.advanced_at,
+            served,
+            self.rotate.workload_cert_ttl,
+            self.now,
+        )
+    }
+
     // ---- moving -----------------------------------------------------------------------
 
     async fn advance(&self, state: RotationState, version: u64, force: bool) -> Result<Report> {
@@ -662,15 +673,8 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
             });
         };
         let served = self.served(&state).await?;
-        let served_list: Vec<(String, Served)> =
-            served.iter().map(|(c, s)| (c.clone(), s.served)).collect();
-        let blockers = advance_blockers(
-            state.stage,
-            state.advanced_at,
-            &served_list,
-            self.rotate.workload_cert_ttl,
-            self.now,
-        );
+        let served_list = served_list(&served);
+        let blockers = self.blockers(&state, &served_list);
         if !blockers.is_empty() {
             let reasons: Vec<String> = blockers.iter().map(ToString::to_string).collect();
             if !force {
@@ -802,16 +806,9 @@ impl<S: SecretStore, C: ClusterSecrets> Rotation<'_, S, C> {
                 record.source.name()
             ));
         }
-        let served_list: Vec<(String, Served)> =
-            served.iter().map(|(c, s)| (c.clone(), s.served)).collect();
+        let served_list = served_list(&served);
         if state.in_progress() {
-            let blockers = advance_blockers(
-                state.stage,
-                state.advanced_at,
-                &served_list,
-                self.rotate.workload_cert_ttl,
-                self.now,
-            );
+            let blockers = self.blockers(&state, &served_list);
             if blockers.is_empty() {
                 lines.push(format!(
                     "next: `bootstrap-job rotate advance` moves to {}",
@@ -931,13 +928,17 @@ fn next_steps(stage: Stage, ttl: Duration, now: OffsetDateTime) -> String {
     }
 }
 
+/// What each cluster serves, as the stage rules take it.
+fn served_list(served: &BTreeMap<String, ServedBundle>) -> Vec<(String, Served)> {
+    served.iter().map(|(c, s)| (c.clone(), s.served)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
     use std::collections::BTreeSet;
 
     use job_support::store::local::LocalStore;
-    use pki_core::RenewalPolicy;
     use pki_core::istio::IstioCaParams;
     use pki_core::istio_rotation::DEFAULT_WORKLOAD_CERT_TTL;
     use pki_core::{CaParams, KeyAlgorithm, SubjectName, generate_root_ca};
