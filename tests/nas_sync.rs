@@ -441,7 +441,11 @@ fn manifests_are_encrypted_for_age_recipients() {
         !text.contains("LS0tLS1CRUdJTi") && text.contains("ENC[AES256_GCM,data:"),
         "{text}"
     );
-    assert!(text.contains("pki.home.arpa/kv-version: '1'"), "{text}");
+    let parsed = job_support::yaml::from_str::<serde_json::Value>(&text).unwrap();
+    assert_eq!(
+        parsed["metadata"]["annotations"]["pki.home.arpa/kv-version"], "1",
+        "{text}"
+    );
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
