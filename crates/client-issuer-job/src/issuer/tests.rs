@@ -166,12 +166,7 @@ fn a_run_that_read_before_another_revoked_does_not_drop_that_revocation() {
     store.before_read(BUNDLE, 3, replay(theirs));
 
     // This run changes nothing about the clients it declares, so it would write nothing.
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(2),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 2);
 
     assert!(
         !summary.bundle_written,
@@ -340,12 +335,7 @@ fn a_conflicting_client_write_adopts_the_winners_entry() {
 #[test]
 fn a_run_with_nothing_to_do_writes_nothing() {
     let store = three_clients();
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
     assert_eq!(summary.writes(), 0);
     assert!(store.written().is_empty(), "{:?}", store.written());
 }
@@ -404,12 +394,7 @@ fn unusable_bundles_are_named_left_alone_and_repaired_on_request() {
     edit(&store, "bob", "password", "not-the-password");
     let store = ScriptedStore::with_contents(store.contents());
 
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
 
     assert_eq!(
         problems(&summary),
@@ -963,6 +948,22 @@ fn entries_read(store: &ScriptedStore) -> Vec<String> {
         .collect()
 }
 
+/// A converge of alice, bob and carol, `minutes` after [`t0`].
+fn converge_three(store: &ScriptedStore, minutes: i64) -> RunSummary {
+    converge(
+        store,
+        &["alice", "bob", "carol"],
+        t0() + Duration::minutes(minutes),
+    )
+    .unwrap()
+}
+
+#[track_caller]
+fn assert_reads_no_entry(store: &ScriptedStore) {
+    let read = entries_read(store);
+    assert!(read.is_empty(), "{read:?}");
+}
+
 fn stored_index(store: &ScriptedStore) -> super::index::Index {
     super::index::Index::parse(&store.current(INDEX).expect("an index").data).unwrap()
 }
@@ -971,17 +972,8 @@ fn stored_index(store: &ScriptedStore) -> super::index::Index {
 fn with_a_current_index_a_run_reads_no_client_entry() {
     let store = three_clients();
     assert_eq!(stored_index(&store).clients.len(), 3);
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
-    assert!(
-        entries_read(&store).is_empty(),
-        "{:?}",
-        entries_read(&store)
-    );
+    let summary = converge_three(&store, 1);
+    assert_reads_no_entry(&store);
     assert!(store.written().is_empty(), "{:?}", store.written());
     assert_eq!(summary.count(super::ClientAction::Kept), 3);
 }
@@ -991,12 +983,7 @@ fn an_absent_index_is_built_from_the_entries() {
     let mut contents = three_clients().contents();
     contents.forget(INDEX);
     let store = ScriptedStore::with_contents(contents);
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
     assert_eq!(entries_read(&store).len(), 3);
     assert_eq!(store.written(), [INDEX]);
     assert_eq!(summary.writes(), 0);
@@ -1009,12 +996,7 @@ fn an_entry_edited_by_hand_behind_the_index_is_read_and_acted_on() {
     edit(&store, "alice", "email", "someone@example.org");
     edit(&store, "bob", "p12", "garbage!");
     let store = ScriptedStore::with_contents(store.contents());
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
     assert_eq!(
         entries_read(&store),
         ["pki/clients/alice", "pki/clients/bob"],
@@ -1027,17 +1009,8 @@ fn an_entry_edited_by_hand_behind_the_index_is_read_and_acted_on() {
     assert_eq!(problems(&summary)[0].0, "bob");
     // The next run still names bob, from the index, and reads nothing.
     let store = ScriptedStore::with_contents(store.contents());
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(2),
-    )
-    .unwrap();
-    assert!(
-        entries_read(&store).is_empty(),
-        "{:?}",
-        entries_read(&store)
-    );
+    let summary = converge_three(&store, 2);
+    assert_reads_no_entry(&store);
     assert_eq!(problems(&summary)[0].0, "bob");
 }
 
@@ -1046,12 +1019,7 @@ fn an_entry_deleted_by_hand_behind_the_index_is_issued_again() {
     let mut contents = three_clients().contents();
     contents.forget("pki/clients/alice");
     let store = ScriptedStore::with_contents(contents);
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
     let alice = summary.clients.iter().find(|c| c.name == "alice").unwrap();
     assert_eq!(alice.action, super::ClientAction::Issued);
     assert_eq!(store.written(), ["pki/clients/alice", INDEX]);
@@ -1067,12 +1035,7 @@ fn an_entry_deleted_and_written_again_at_the_same_version_is_read() {
     data.insert("note", "written by hand");
     contents.put("pki/clients/alice", data);
     let store = ScriptedStore::with_contents(contents);
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
     assert_eq!(entries_read(&store), ["pki/clients/alice"]);
     assert_eq!(problems(&summary).len(), 1);
     assert_eq!(problems(&summary)[0].0, "alice");
@@ -1167,12 +1130,7 @@ fn an_index_the_policy_does_not_grant_means_reading_every_entry() {
             login: false,
         },
     );
-    let summary = converge(
-        &store,
-        &["alice", "bob", "carol"],
-        t0() + Duration::minutes(1),
-    )
-    .unwrap();
+    let summary = converge_three(&store, 1);
     assert_eq!(entries_read(&store).len(), 3);
     assert_eq!(summary.count(super::ClientAction::Kept), 3);
     // Its index write names version 0 and conflicts with the one there: nothing is replaced.
