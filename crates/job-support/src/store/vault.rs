@@ -340,7 +340,7 @@ impl VaultStore {
             .send("look up", "auth/token/lookup-self", || async {
                 vaultrs::api::exec_with_result(
                     &self.client,
-                    RawGet("auth/token/lookup-self".into()),
+                    raw_get("auth/token/lookup-self".into()),
                 )
                 .await
                 .map_err(Attempt::of)
@@ -385,7 +385,7 @@ impl VaultStore {
         let path = format!("sys/internal/ui/mounts/{mount}");
         let answer = self
             .send("read", &path, || async {
-                vaultrs::api::exec_with_result(&self.client, RawGet(path.clone()))
+                vaultrs::api::exec_with_result(&self.client, raw_get(path.clone()))
                     .await
                     .map_err(Attempt::of)
             })
@@ -626,7 +626,7 @@ impl SecretStore for VaultStore {
             .send("list", &label, || async {
                 match vaultrs::api::exec_with_result(
                     &self.client,
-                    DetailedMetadataList(endpoint_path.clone()),
+                    RawRequest::<DetailedListing>::new(endpoint_path.clone(), true),
                 )
                 .await
                 {
@@ -837,38 +837,44 @@ impl DeletedVersion {
     }
 }
 
-/// A GET of any Vault path, its `data` kept as JSON.
-struct RawGet(String);
+/// A request to any Vault path, its `data` parsed as `T`: a GET kept as JSON ([`raw_get`]), or
+/// the LIST of `<mount>/detailed-metadata/<prefix>` (OpenBao) parsed into only the fields the
+/// version check needs, so the answer for thousands of keys is never held as a JSON tree.
+struct RawRequest<T> {
+    path: String,
+    list: bool,
+    answer: std::marker::PhantomData<fn() -> T>,
+}
 
-impl rustify::endpoint::Endpoint for RawGet {
-    type Response = Value;
-    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
-    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
-
-    fn path(&self) -> String {
-        self.0.clone()
-    }
-
-    fn method(&self) -> RequestMethod {
-        RequestMethod::GET
+impl<T> RawRequest<T> {
+    fn new(path: String, list: bool) -> Self {
+        Self {
+            path,
+            list,
+            answer: std::marker::PhantomData,
+        }
     }
 }
 
-/// A LIST of `<mount>/detailed-metadata/<prefix>` (OpenBao), parsed into only the fields the
-/// version check needs: the answer for thousands of keys is never held as a JSON tree.
-struct DetailedMetadataList(String);
+fn raw_get(path: String) -> RawRequest<Value> {
+    RawRequest::new(path, false)
+}
 
-impl rustify::endpoint::Endpoint for DetailedMetadataList {
-    type Response = DetailedListing;
+impl<T: serde::de::DeserializeOwned + Send + Sync> rustify::endpoint::Endpoint for RawRequest<T> {
+    type Response = T;
     const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
     const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
 
     fn path(&self) -> String {
-        self.0.clone()
+        self.path.clone()
     }
 
     fn method(&self) -> RequestMethod {
-        RequestMethod::LIST
+        if self.list {
+            RequestMethod::LIST
+        } else {
+            RequestMethod::GET
+        }
     }
 }
 
